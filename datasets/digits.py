@@ -1,0 +1,288 @@
+"""The offline digits world: spoken digits (FSDD) paired with MNIST images of the same digit.
+
+Pairs are drawn afresh every time an item is read, so every epoch re-pairs each recording with a
+new MNIST instance of its class. Held-out data never overlaps training data: MNIST instances
+from ``mnist_test_from`` on are test images, and FSDD takes ``0..test_takes-1`` (the dataset's
+usual split) or whole ``test_speakers`` are test recordings. The anchor's caption data (MNIST
+images with captions from many templates) lives here too.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from binder.errors import BinderInputError
+from binder.types import Modality
+from binder_datasets.fsdd import Recording, list_recordings
+from binder_datasets.mnist import load_mnist
+from binder_datasets.paths import data_root
+
+log = logging.getLogger(__name__)
+
+CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+TEMPLATES = [
+    "a photo of the digit {}.",
+    "a handwritten {}.",
+    "the number {}.",
+    "a picture of a {}.",
+    "a scan of a handwritten digit {}.",
+    "a drawing of the number {}.",
+    "an image of the digit {}.",
+    "the digit {} written by hand.",
+    "a black and white photo of a {}.",
+    "a blurry photo of the number {}.",
+    "a sketch of the digit {}.",
+    "someone wrote a {}.",
+    "a small image of a {}.",
+    "a {} in white ink on black.",
+    "this is the digit {}.",
+    "a grayscale picture of the number {}.",
+]
+
+
+@dataclass
+class DigitsConfig:
+    """Splits and loader settings for the digits world; mirrored by configs/data/digits.yaml."""
+
+    root: Optional[str] = None  # data root holding fsdd/ and mnist/; None -> $BINDER_DATA or ../shared/data
+    mnist_split: str = "t10k"  # which MNIST IDX files to read
+    mnist_test_from: int = 8000  # MNIST instances with index >= this are held out
+    holdout: str = "takes"  # takes | speakers: how FSDD recordings are held out
+    test_takes: int = 5  # with holdout=takes, takes 0..test_takes-1 are test
+    test_speakers: List[str] = field(default_factory=lambda: ["yweweler"])  # with holdout=speakers
+    batch_size: int = 64  # pairs per training batch
+    num_workers: int = 0  # DataLoader workers
+    seed: int = 0  # seed of the fixed validation pairing
+
+    def __post_init__(self) -> None:
+        if self.holdout not in ("takes", "speakers"):
+            raise BinderInputError(f"data.holdout must be 'takes' or 'speakers', got {self.holdout!r}")
+
+
+class DigitsWorld:
+    """MNIST + FSDD with their held-out splits."""
+
+    def __init__(self, cfg: DigitsConfig) -> None:
+        self.cfg = cfg
+        root = data_root(cfg.root)
+        self.images, self.labels = load_mnist(root / "mnist", cfg.mnist_split)  # (N, 28, 28), (N,)
+        self.recordings = list_recordings(root / "fsdd")
+
+    def image_indices(self, split: str) -> np.ndarray:
+        """MNIST instance indices of ``split`` ('train' or 'test')."""
+        idx = np.arange(len(self.images))
+        return idx[idx < self.cfg.mnist_test_from] if split == "train" else idx[idx >= self.cfg.mnist_test_from]
+
+    def is_test_recording(self, rec: Recording) -> bool:
+        if self.cfg.holdout == "speakers":
+            return rec.speaker in self.cfg.test_speakers
+        return rec.take < self.cfg.test_takes
+
+    def recordings_of(self, split: str) -> List[Recording]:
+        """FSDD recordings of ``split``."""
+        want_test = split == "test"
+        recs = [r for r in self.recordings if self.is_test_recording(r) == want_test]
+        if not recs:
+            raise BinderInputError(f"the digits {split} split holds no recordings (check data.holdout)")
+        return recs
+
+    def pil(self, index: int) -> Image.Image:
+        """MNIST instance ``index`` as a PIL image."""
+        return Image.fromarray(self.images[index], mode="L")
+
+
+def preprocess_images(world: DigitsWorld, indices: np.ndarray, preprocess: Callable) -> torch.Tensor:
+    """Run the anchor's image transform over MNIST instances -> (N, 3, H, W)."""
+    return torch.stack([preprocess(world.pil(int(i))) for i in indices])
+
+
+def tokenize_prompts(tokenize: Callable, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Token ids for every (template, class) caption -> (T, C, L)."""
+    tokens = [tokenize([t.format(c) for c in classnames]) for t in templates]
+    return torch.stack(tokens)
+
+
+class PairedDigits(Dataset):
+    """(X, image-or-caption) pairs: item i is X_i with a fresh partner of the same class.
+
+    Args:
+        inputs: Preprocessed X per item, each (K, ...) with K clips.
+        labels: Class of each item (N,).
+        partner: ``image`` (a random MNIST instance of the class from ``images``) or ``text``
+            (a random caption of the class from ``captions``).
+        augment: Optional train-time augmentation applied to one clip of X.
+        fixed_seed: If set, partners are fixed (validation); else redrawn on every read.
+    """
+
+    def __init__(
+        self, modality: Modality, inputs: List[torch.Tensor], labels: np.ndarray, partner: str,
+        images: Optional[torch.Tensor] = None, image_labels: Optional[np.ndarray] = None,
+        captions: Optional[torch.Tensor] = None, augment: Optional[Callable] = None,
+        fixed_seed: Optional[int] = None,
+    ) -> None:
+        self.modality, self.inputs, self.labels = modality, inputs, np.asarray(labels)
+        self.partner, self.images, self.captions, self.augment = partner, images, captions, augment
+        if partner == "image":
+            self.pools = {c: np.flatnonzero(image_labels == c) for c in np.unique(self.labels)}
+        self.fixed = None
+        if fixed_seed is not None:
+            rng = np.random.default_rng(fixed_seed)
+            self.fixed = [self._draw(i, rng) for i in range(len(self))]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def _draw(self, i: int, rng: np.random.Generator) -> int:
+        """Index of a partner for item i: an MNIST instance or a template, same class."""
+        if self.partner == "image":
+            pool = self.pools[int(self.labels[i])]
+            return int(pool[rng.integers(len(pool))])
+        return int(rng.integers(self.captions.shape[0]))
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        x = self.inputs[i]  # (K, ...)
+        if self.augment is not None:
+            k = random.randrange(x.shape[0])
+            x = self.augment(x[k].clone())[None]  # (1, ...)
+        j = self.fixed[i] if self.fixed is not None else self._draw(i, np.random.default_rng(random.getrandbits(32)))
+        label = int(self.labels[i])
+        item = {self.modality: x, "label": label}
+        if self.partner == "image":
+            item[Modality.IMAGE] = self.images[j]
+        else:
+            item[Modality.TEXT] = self.captions[j, label]
+        return item
+
+
+def _fsdd_source(world: DigitsWorld, split: str, preprocessor: Callable) -> tuple:
+    """Audio items of the digits world: real FSDD recordings, one centred clip each."""
+    recs = world.recordings_of(split)
+    items = [preprocessor(r.path, num_clips=1) for r in tqdm(recs, desc=f"audio {split}", leave=False)]
+    return items, np.array([r.digit for r in recs]), [str(r.path) for r in recs]
+
+
+SOURCES: Dict[Modality, Callable] = {Modality.AUDIO: _fsdd_source}
+"""How the digits world produces raw items of each modality for a split: (items, labels, ids)."""
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """(X, image) or (X, caption) pairs of the digits world for one bound modality.
+
+    Args:
+        cfg: Split and loader settings.
+        modality: The bound modality X (must have a digits source).
+        preprocessor: The modality's preprocessor (raw item -> model tensor).
+        anchor: The frozen anchor, for its image transform and tokenizer.
+        partner: ``image`` (ImageBind's emergent route) or ``text`` (the text-paired baseline).
+        augment: Optional train-time augmentation of X.
+    """
+
+    def __init__(self, cfg: DigitsConfig, modality: Modality, preprocessor: Callable, anchor: Any,
+                 partner: str = "image", augment: Optional[Callable] = None) -> None:
+        super().__init__()
+        if modality not in SOURCES:
+            raise BinderInputError(f"the digits world has no {modality.value} data; it has {[m.value for m in SOURCES]}")
+        if partner not in ("image", "text"):
+            raise BinderInputError(f"partner must be 'image' or 'text', got {partner!r}")
+        self.cfg, self.modality, self.preprocessor = cfg, modality, preprocessor
+        self.anchor, self.partner, self.augment = anchor, partner, augment
+        self.world: Optional[DigitsWorld] = None
+
+    @property
+    def classnames(self) -> List[str]:
+        return CLASSNAMES
+
+    @property
+    def templates(self) -> List[str]:
+        return TEMPLATES
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.world is not None:
+            return
+        self.world = DigitsWorld(self.cfg)
+        captions = tokenize_prompts(self.anchor.tokenize, CLASSNAMES, TEMPLATES) if self.partner == "text" else None
+        self.test_ids: List[str] = []
+        for split in ("train", "test"):
+            items, labels, ids = SOURCES[self.modality](self.world, split, self.preprocessor)
+            idx = self.world.image_indices(split)
+            images = preprocess_images(self.world, idx, self.anchor.preprocess_image)
+            ds = PairedDigits(
+                self.modality, items, labels, self.partner, images=images,
+                image_labels=self.world.labels[idx], captions=captions,
+                augment=self.augment if split == "train" else None,
+                fixed_seed=None if split == "train" else self.cfg.seed,
+            )
+            setattr(self, f"{split}_set", ds)
+            if split == "test":
+                self.test_ids, self.test_labels = ids, labels
+        log.info("digits %s: %d train / %d test pairs", self.modality.value, len(self.train_set), len(self.test_set))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=self.cfg.batch_size * 2, num_workers=self.cfg.num_workers)
+
+    def zero_shot_set(self) -> tuple:
+        """Held-out raw inputs (file paths) and labels for emergent zero-shot evaluation."""
+        return list(self.test_ids), np.asarray(self.test_labels)
+
+
+class CaptionedDigits(Dataset):
+    """MNIST images with a random caption of their class on every read (anchor training)."""
+
+    def __init__(self, world: DigitsWorld, indices: np.ndarray, preprocess: Callable, captions: torch.Tensor,
+                 augment: Optional[Callable] = None) -> None:
+        self.world, self.indices, self.preprocess = world, indices, preprocess
+        self.captions, self.augment = captions, augment  # captions: (T, C, L)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        idx = int(self.indices[i])
+        label = int(self.world.labels[idx])
+        img = self.world.pil(idx)
+        if self.augment is not None:
+            img = self.augment(img)
+        t = random.randrange(self.captions.shape[0])
+        return {Modality.IMAGE: self.preprocess(img), Modality.TEXT: self.captions[t, label], "label": label}
+
+
+class DigitsCaptionDataModule(L.LightningDataModule):
+    """MNIST (image, caption) pairs for training the offline digits anchor."""
+
+    def __init__(self, cfg: DigitsConfig, preprocess: Callable, tokenize: Callable, batch_size: int,
+                 augment: Optional[Callable] = None) -> None:
+        super().__init__()
+        self.cfg, self.preprocess, self.tokenize = cfg, preprocess, tokenize
+        self.batch_size, self.augment = batch_size, augment
+        self.world: Optional[DigitsWorld] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.world is not None:
+            return
+        self.world = DigitsWorld(self.cfg)
+        captions = tokenize_prompts(self.tokenize, CLASSNAMES, TEMPLATES)
+        self.train_set = CaptionedDigits(self.world, self.world.image_indices("train"), self.preprocess,
+                                         captions, self.augment)
+        self.test_set = CaptionedDigits(self.world, self.world.image_indices("test"), self.preprocess, captions)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.cfg.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=256, num_workers=self.cfg.num_workers)

@@ -1,0 +1,37 @@
+"""The Free Spoken Digit Dataset (Jakobovski et al.): ``{digit}_{speaker}_{take}.wav``, 8 kHz."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+from binder.errors import BinderInputError
+
+_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One FSDD recording."""
+
+    path: Path
+    digit: int
+    speaker: str
+    take: int
+
+
+def list_recordings(root: "str | Path") -> List[Recording]:
+    """All recordings under ``root/recordings`` (or ``root`` itself), sorted by file name."""
+    root = Path(root)
+    folder = root / "recordings" if (root / "recordings").is_dir() else root
+    if not folder.is_dir():
+        raise BinderInputError(f"FSDD folder {str(folder)!r} does not exist")
+    recs = []
+    for path in sorted(folder.glob("*.wav")):
+        m = _NAME.match(path.name)
+        if m:
+            recs.append(Recording(path, int(m.group(1)), m.group(2), int(m.group(3))))
+    if not recs:
+        raise BinderInputError(f"FSDD folder {str(folder)!r} holds no {{digit}}_{{speaker}}_{{take}}.wav files")
+    return recs

@@ -1,0 +1,23 @@
+"""Small signal generators shared by the tests (imported as ``helpers``)."""
+from __future__ import annotations
+
+import numpy as np
+
+# A shrunk encoder for tests that build one: 1 block, 32 wide (the tiny preset is 4 x 128).
+# `modality.encoder` defaults to an empty (struct) node, so Hydra needs `++` to add keys to it.
+SMALL_ENCODER = {"depth": 1, "width": 32, "heads": 2}
+SMALL_ENCODER_OVERRIDE = "++modality.encoder={depth:1,width:32,heads:2}"
+
+
+def sine(freq: float = 440.0, seconds: float = 1.0, rate: int = 16000, amp: float = 0.5) -> np.ndarray:
+    """A float32 sine wave."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def chirp(seconds: float = 1.0, rate: int = 16000, f0: float = 200.0, f1: float = 3000.0, seed: int = 0) -> np.ndarray:
+    """A float32 linear chirp plus a little noise (a signal whose clips differ)."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds))
+    noise = np.random.default_rng(seed).normal(0, 0.01, t.shape)
+    return (0.4 * np.sin(phase) + noise).astype(np.float32)

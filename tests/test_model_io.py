@@ -1,0 +1,315 @@
+"""binder.save / binder.load, their failure modes, and the top-level embedding API."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import binder
+from binder.anchor import build_anchor
+from binder.errors import BinderInputError, ModelLoadError, NoDefaultModelError
+from binder.model import BindModel
+from binder.types import Modality
+from helpers import SMALL_ENCODER, chirp
+
+embed_module = importlib.import_module("binder.embed")  # `binder.embed` is the function
+io_module = importlib.import_module("binder.io")
+
+
+def make_model(anchor, seed: int = 0) -> BindModel:
+    torch.manual_seed(seed)
+    return BindModel(anchor, {"audio": {"encoder": SMALL_ENCODER, "clips_per_sample": 2}}).eval()
+
+
+@pytest.fixture(scope="module")
+def file_anchor(anchor_file):
+    """The random anchor, loaded from a local checkpoint file (so saving bundles a copy)."""
+    return build_anchor({"model": "binder-digits", "pretrained": str(anchor_file)})
+
+
+@pytest.fixture(scope="module")
+def model(file_anchor) -> BindModel:
+    return make_model(file_anchor)
+
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory) -> Path:
+    return binder.save(model, tmp_path_factory.mktemp("saved") / "model")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    wav = folder / "a.wav"
+    sf.write(wav, chirp(1.2, 8000), 8000, subtype="FLOAT")
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), mode="L")
+    return {"wav": wav, "image": image, "text": ["the digit three.", "a handwritten seven."]}
+
+
+def _embed_all(m, inputs):
+    return m.embed(audio=[inputs["wav"], (chirp(2.5, 16000), 16000)], image=[inputs["image"]],
+                   text=inputs["text"], progress=False, device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Round trip
+# ----------------------------------------------------------------------------------------------
+
+def test_saved_folder_contents(saved, anchor_file):
+    assert saved.is_dir()
+    assert (saved / "config.json").is_file() and (saved / "model.safetensors").is_file()
+    bundled = saved / "anchor" / anchor_file.name
+    assert bundled.is_file() and bundled.read_bytes() == anchor_file.read_bytes()
+    config = json.loads((saved / "config.json").read_text())
+    assert config["format"] == "binder" and config["embed_dim"] == 128
+    assert config["anchor"]["pretrained"] == f"anchor/{anchor_file.name}"  # relative: folder is portable
+    assert config["modalities"]["audio"]["encoder"] == SMALL_ENCODER
+    assert config["modalities"]["audio"]["clips_per_sample"] == 2
+    weights = load_file(str(saved / "model.safetensors"))
+    assert weights and not any(k.startswith("anchor.") for k in weights)  # the frozen anchor is not duplicated
+    assert not [p.name for p in saved.parent.iterdir() if p.name.startswith(".")]  # no temp folders
+
+
+def test_round_trip_gives_identical_embeddings(model, saved, inputs, tmp_path):
+    before = _embed_all(model, inputs)
+    # Move the folder: the bundled anchor is found relative to it.
+    moved = saved.rename(tmp_path / "moved")
+    try:
+        loaded = binder.load(moved)
+        assert loaded.configs[Modality.AUDIO] == model.configs[Modality.AUDIO]
+        after = _embed_all(loaded, inputs)
+    finally:
+        moved.rename(saved)
+    assert set(after) == {Modality.AUDIO, Modality.IMAGE, Modality.TEXT}
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert not loaded.training
+
+
+def test_round_trip_changes_with_weights(model, saved, inputs, file_anchor):
+    """Guard against a vacuous round trip: a differently seeded model embeds differently."""
+    other = make_model(file_anchor, seed=1)
+    a = _embed_all(model, inputs)["audio"]
+    b = _embed_all(other, inputs)["audio"]
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_random_anchor_is_not_bundled(random_anchor, tmp_path):
+    path = binder.save(make_model(random_anchor), tmp_path / "m")
+    assert not (path / "anchor").exists()
+    assert json.loads((path / "config.json").read_text())["anchor"]["pretrained"] is None
+    assert isinstance(binder.load(path), BindModel)
+
+
+def test_overwrite_existing_model(file_anchor, tmp_path, inputs):
+    target = tmp_path / "m"
+    first, second = make_model(file_anchor, 0), make_model(file_anchor, 1)
+    binder.save(first, target)
+    binder.save(second, target)
+    got = binder.load(target).embed(audio=[inputs["wav"]], progress=False, device="cpu")["audio"]
+    want = second.embed(audio=[inputs["wav"]], progress=False, device="cpu")["audio"]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no .old or temp folders left
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "overwrite"])
+def test_save_is_atomic(file_anchor, tmp_path, monkeypatch, existing, inputs):
+    target = tmp_path / "m"
+    first = make_model(file_anchor, 0)
+    if existing:
+        binder.save(first, target)
+    calls = []
+
+    def broken_save_file(*args, **kwargs):
+        calls.append(args)
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(io_module, "save_file", broken_save_file)
+    with pytest.raises(OSError, match="simulated"):
+        binder.save(make_model(file_anchor, 1), target)
+    assert calls, "the simulated failure was not hit"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if existing:
+        assert left == ["m"]  # the old model is untouched...
+        monkeypatch.undo()
+        got = binder.load(target).embed(audio=[inputs["wav"]], progress=False, device="cpu")["audio"]
+        want = first.embed(audio=[inputs["wav"]], progress=False, device="cpu")["audio"]
+        torch.testing.assert_close(got, want, rtol=0, atol=0)  # ...and still the first model
+    else:
+        assert left == []  # neither the target nor a temp folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Load errors
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def copy_of_saved(saved, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(saved, tmp_path / "model"))
+
+
+def _rewrite_weights(folder: Path, edit) -> None:
+    state = load_file(str(folder / "model.safetensors"))
+    edit(state)
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def test_load_missing_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist") as err:
+        binder.load(tmp_path / "nowhere")
+    assert "nowhere" in str(err.value)
+
+
+def test_load_file_instead_of_folder(tmp_path):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="folder"):
+        binder.load(f)
+
+
+def test_load_folder_without_config(copy_of_saved):
+    (copy_of_saved / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        binder.load(copy_of_saved)
+
+
+def test_load_config_not_json(copy_of_saved):
+    (copy_of_saved / "config.json").write_text("{ this is not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        binder.load(copy_of_saved)
+
+
+def test_load_config_not_binder(copy_of_saved):
+    (copy_of_saved / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ModelLoadError, match="not a binder config"):
+        binder.load(copy_of_saved)
+
+
+def test_load_config_unknown_modality(copy_of_saved):
+    config = json.loads((copy_of_saved / "config.json").read_text())
+    config["modalities"]["smell"] = config["modalities"].pop("audio")
+    (copy_of_saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="smell"):
+        binder.load(copy_of_saved)
+
+
+def test_load_missing_weights(copy_of_saved):
+    (copy_of_saved / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        binder.load(copy_of_saved)
+
+
+def test_load_truncated_weights(copy_of_saved):
+    w = copy_of_saved / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        binder.load(copy_of_saved)
+
+
+def test_load_corrupt_weights(copy_of_saved):
+    (copy_of_saved / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        binder.load(copy_of_saved)
+
+
+def test_load_weights_missing_key(copy_of_saved):
+    key = "heads.audio.weight"
+    _rewrite_weights(copy_of_saved, lambda s: s.pop(key))
+    with pytest.raises(ModelLoadError, match="missing") as err:
+        binder.load(copy_of_saved)
+    assert key in str(err.value)
+
+
+def test_load_weights_unexpected_key(copy_of_saved):
+    _rewrite_weights(copy_of_saved, lambda s: s.__setitem__("encoders.audio.extra", torch.zeros(3)))
+    with pytest.raises(ModelLoadError, match="unexpected"):
+        binder.load(copy_of_saved)
+
+
+def test_load_weights_wrong_shape(copy_of_saved):
+    key = "heads.audio.weight"
+    _rewrite_weights(copy_of_saved, lambda s: s.__setitem__(key, torch.zeros(7, 5)))
+    with pytest.raises(ModelLoadError, match="shape") as err:
+        binder.load(copy_of_saved)
+    assert key in str(err.value)
+
+
+def test_load_missing_bundled_anchor(copy_of_saved):
+    import shutil
+
+    shutil.rmtree(copy_of_saved / "anchor")
+    with pytest.raises(ModelLoadError):
+        binder.load(copy_of_saved)
+
+
+# ----------------------------------------------------------------------------------------------
+# binder.use / binder.embed
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_default(monkeypatch):
+    monkeypatch.setattr(embed_module, "_default_model", None)
+
+
+def test_embed_without_use(no_default):
+    with pytest.raises(NoDefaultModelError, match=r"binder\.use"):
+        binder.embed(text=["a"])
+
+
+def test_use_then_embed(no_default, saved, inputs, model):
+    used = binder.use(saved)
+    assert isinstance(used, BindModel)
+    wave, rate = sf.read(inputs["wav"], dtype="float32")
+    out = binder.embed(audio=[inputs["wav"], str(inputs["wav"]), (wave, rate)], image=inputs["image"],
+                       text="a handwritten seven.", progress=False, device="cpu")
+    for name, n in (("audio", 3), ("image", 1), ("text", 1)):
+        z = out[name]  # string keys work
+        assert z.dtype == torch.float32 and z.shape == (n, 128) and z.device.type == "cpu"
+        torch.testing.assert_close(z.norm(dim=-1), torch.ones(n))
+    # Path, string path and (array, rate) are the same recording -> the same embedding.
+    torch.testing.assert_close(out["audio"][1], out["audio"][0])
+    torch.testing.assert_close(out["audio"][2], out["audio"][0], atol=1e-5, rtol=0)
+    # A tensor with sample_rate= gives the same embedding again.
+    t = binder.embed(audio=torch.from_numpy(wave), sample_rate=rate, progress=False, device="cpu")
+    torch.testing.assert_close(t["audio"][0], out["audio"][0], atol=1e-5, rtol=0)
+    # And the default model embeds like the model that was saved.
+    direct = model.embed(text=["a handwritten seven."], progress=False, device="cpu")
+    torch.testing.assert_close(out["text"], direct["text"], atol=0, rtol=0)
+
+
+def test_use_accepts_a_model_and_batches(no_default, model, inputs):
+    assert binder.use(model) is model
+    items = [(chirp(1.0, 16000, seed=i), 16000) for i in range(5)]
+    whole = binder.embed(audio=items, progress=False, device="cpu")["audio"]
+    batched = binder.embed(audio=items, batch_size=2, progress=False, device="cpu")["audio"]
+    assert whole.shape == (5, 128)
+    torch.testing.assert_close(batched, whole, atol=1e-5, rtol=0)
+
+
+def test_use_missing_folder(no_default, tmp_path):
+    with pytest.raises(ModelLoadError):
+        binder.use(tmp_path / "nothing")
+    with pytest.raises(NoDefaultModelError):  # a failed use() leaves no default behind
+        binder.embed(text=["a"])
+
+
+def test_embed_bad_inputs_name_them(no_default, model, tmp_path):
+    binder.use(model)
+    with pytest.raises(BinderInputError, match="missing.wav"):
+        binder.embed(audio=[tmp_path / "missing.wav"], progress=False)
+    with pytest.raises(BinderInputError, match="missing.png"):
+        binder.embed(image=[tmp_path / "missing.png"], progress=False)
+    with pytest.raises(BinderInputError, match="strings"):
+        binder.embed(text=[3], progress=False)
+    with pytest.raises(BinderInputError, match="smell"):
+        binder.embed(smell=["x"], progress=False)

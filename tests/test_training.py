@@ -1,0 +1,241 @@
+"""``binder.training.train`` on the real Hydra config: digits, manifests, resuming, end to end."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import binder
+from binder.errors import BinderInputError
+import binder.training as training_module
+from binder.training import train
+from helpers import SMALL_ENCODER, SMALL_ENCODER_OVERRIDE
+
+
+def bind_overrides(run_dir: Path, *extra: str) -> list:
+    return ["modality=audio", SMALL_ENCODER_OVERRIDE, "trainer.enable_progress_bar=false",
+            f"run_dir={run_dir}", *extra]
+
+
+def test_compose_default_config(compose, tmp_path):
+    cfg = compose([f"run_dir={tmp_path}"])
+    assert cfg.task == "bind" and cfg.modality.name == "audio" and cfg.data.kind == "digits"
+    assert cfg.run_dir == str(tmp_path)
+    assert cfg.paths.cache == os.environ["BINDER_CACHE"]  # set by conftest for the session
+    # The anchor checkpoint lives in the (test) cache, never in ~/.cache.
+    assert ".cache/binder" not in str(cfg.anchor.pretrained)
+    assert cfg.anchor.pretrained.startswith(cfg.paths.cache)
+
+
+def test_tiny_anchor(tiny_anchor):
+    folder = tiny_anchor["checkpoint"].parent
+    assert (folder / "open_clip_config.json").is_file()
+    assert (tiny_anchor["run_dir"] / "anchor" / "open_clip_model.safetensors").is_file()
+    metrics = json.loads((tiny_anchor["run_dir"] / "metrics.json").read_text())
+    top1 = metrics["zero_shot_mnist_heldout"]["top1"]
+    assert 0 <= top1 <= 100 and metrics["zero_shot_mnist_heldout"]["n"] == 2000
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp folders
+
+
+def test_fast_dev_run_digits(compose, tiny_anchor, small_data_root, tmp_path):
+    cfg = compose(bind_overrides(tmp_path, f"data.root={small_data_root}", "data.batch_size=8",
+                                 "trainer.fast_dev_run=true"))
+    metrics = train(cfg)
+    model_dir = tmp_path / "model"
+    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    assert (model_dir / "anchor" / "open_clip_model.safetensors").is_file()  # the anchor is bundled
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["modality"] == "audio" and saved["model_dir"] == str(model_dir.resolve())
+    assert saved == json.loads(json.dumps(metrics))
+    model = binder.load(model_dir)
+    assert model.configs[binder.Modality.AUDIO].encoder == SMALL_ENCODER
+    wav = sorted((small_data_root / "fsdd" / "recordings").glob("*.wav"))[0]
+    z = model.embed(audio=[wav], progress=False, device="cpu")["audio"]
+    assert z.shape == (1, 128) and torch.isfinite(z).all()
+
+    # Fine-tuning from the saved model (init_from) starts from its weights and changes them.
+    ft_dir = tmp_path / "finetune"
+    train(compose(bind_overrides(ft_dir, f"data.root={small_data_root}", "data.batch_size=8",
+                                 "trainer.fast_dev_run=true", f"init_from={model_dir}")))
+    tuned = binder.load(ft_dir / "model")
+    assert tuned.configs == model.configs
+    before, after = model.state_dict(), tuned.state_dict()
+    head = "heads.audio.weight"
+    assert not torch.equal(before[head], after[head])
+    assert (before[head] - after[head]).abs().max() < 0.01  # one AdamW step (lr <= 2e-3), not a fresh init
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifests
+# ----------------------------------------------------------------------------------------------
+
+def _mnist_pngs(data_root: Path, folder: Path, n: int) -> list:
+    """Save the first ``n`` MNIST test images as PNG files -> [(path, label)]."""
+    from binder_datasets.mnist import load_mnist
+
+    images, labels = load_mnist(data_root / "mnist")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        path = folder / f"mnist_{i}.png"
+        Image.fromarray(images[i], mode="L").save(path)
+        out.append((path, int(labels[i])))
+    return out
+
+
+def _manifest_rows(data_root: Path, tmp_path: Path, relative: bool = False) -> list:
+    """10 good rows (MNIST PNG + FSDD wav of the same digit) and 2 bad ones."""
+    pngs = _mnist_pngs(data_root, tmp_path / "images", 10)
+    rows = []
+    for i, (png, label) in enumerate(pngs):
+        wav = data_root / "fsdd" / "recordings" / f"{label}_jackson_{10 + i}.wav"
+        image = png.relative_to(tmp_path) if relative else png
+        rows.append({"id": f"r{i}", "image": str(image), "audio": str(wav), "label": str(label)})
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(3000))
+    rows.append({"id": "missing", "image": str(pngs[0][0]), "audio": str(tmp_path / "missing.wav"), "label": "1"})
+    rows.append({"id": "corrupt", "image": str(pngs[1][0]), "audio": str(corrupt), "label": "2"})
+    return rows
+
+
+def _write_csv(path: Path, rows: list) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "image", "audio", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def spy_datamodule(monkeypatch):
+    """Record the DataModule that train() builds."""
+    built = []
+    real = training_module.build_datamodule
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(training_module, "build_datamodule", spy)
+    return built
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_fast_dev_run_manifest_skips_bad_rows(fmt, compose, tiny_anchor, data_root, tmp_path, spy_datamodule, caplog):
+    rows = _manifest_rows(data_root, tmp_path, relative=fmt == "jsonl")  # jsonl: relative image paths
+    manifest = (_write_csv if fmt == "csv" else _write_jsonl)(tmp_path / f"pairs.{fmt}", rows)
+    run_dir = tmp_path / "run"
+    cfg = compose(bind_overrides(run_dir, "data=manifest", f"data.path={manifest}", "data.batch_size=4",
+                                 "data.num_workers=0", "trainer.fast_dev_run=true"))
+    with caplog.at_level(logging.WARNING):
+        train(cfg)
+    dm = spy_datamodule[-1]
+    assert dm.skipped == 2
+    assert len(dm.train_set) + len(dm.val_set) == 10
+    assert not {r["id"] for r in dm.train_rows + dm.val_rows} & {"missing", "corrupt"}
+    assert dm.classnames == sorted({r["label"] for r in rows[:10]})
+    assert "skipped 2 of 12 rows" in caplog.text
+    assert binder.load(run_dir / "model").bound_modalities == [binder.Modality.AUDIO]
+
+
+def test_manifest_without_validation_skips_unreadable_rows_at_load_time(random_anchor, data_root, tmp_path):
+    """validate=false: missing files are still dropped up front; unreadable audio yields None."""
+    from binder_datasets.manifest import ManifestConfig, ManifestDataModule, collate_skipping
+
+    rows = _manifest_rows(data_root, tmp_path)
+    manifest = _write_csv(tmp_path / "pairs.csv", rows)
+    spec = binder.get_modality("audio")
+    pre = spec.preprocessor_cls(spec.config_cls())
+    dm = ManifestDataModule(ManifestConfig(path=str(manifest), validate=False, val_fraction=0.0, num_workers=0),
+                            binder.Modality.AUDIO, pre, random_anchor)
+    dm.setup()
+    assert dm.skipped == 1  # only the missing file
+    ids = [r["id"] for r in dm.train_rows]
+    bad = ids.index("corrupt")
+    assert dm.train_set[bad] is None
+    assert dm.train_set.failures["corrupt"] == 1
+    good = dm.train_set[ids.index("r0")]
+    assert good[binder.Modality.AUDIO].shape == (1, 1, 128, 204) and good[binder.Modality.IMAGE].shape == (3, 28, 28)
+    batch = collate_skipping([dm.train_set[i] for i in range(len(ids))])
+    assert batch[binder.Modality.AUDIO].shape[0] == len(ids) - 1
+    assert collate_skipping([None, None]) is None
+
+
+def test_manifest_with_no_usable_rows(compose, tiny_anchor, tmp_path):
+    rows = [{"id": "a", "image": str(tmp_path / "no.png"), "audio": str(tmp_path / "no.wav"), "label": "0"},
+            {"id": "b", "image": str(tmp_path / "no2.png"), "audio": str(tmp_path / "no2.wav"), "label": "1"}]
+    manifest = _write_csv(tmp_path / "pairs.csv", rows)
+    cfg = compose(bind_overrides(tmp_path / "run", "data=manifest", f"data.path={manifest}", "data.num_workers=0",
+                                 "trainer.fast_dev_run=true"))
+    with pytest.raises(BinderInputError, match="no usable rows"):
+        train(cfg)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_manifest_missing_columns_and_file(tmp_path):
+    from binder_datasets.manifest import read_manifest
+
+    with pytest.raises(BinderInputError, match="does not exist"):
+        read_manifest(tmp_path / "none.csv", binder.Modality.AUDIO)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,sound\na.png,a.wav\n")
+    with pytest.raises(BinderInputError, match="audio"):
+        read_manifest(bad, binder.Modality.AUDIO)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming from a Lightning checkpoint
+# ----------------------------------------------------------------------------------------------
+
+def test_resume_from_checkpoint(compose, tiny_anchor, small_data_root, tmp_path):
+    common = [f"data.root={small_data_root}", "data.batch_size=8", "+trainer.limit_train_batches=2",
+              "eval.zero_shot=false", "trainer.log_every_n_steps=1"]
+    first = tmp_path / "first"
+    train(compose(bind_overrides(first, *common, "trainer.max_epochs=1")))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert not [k for k in state["state_dict"] if k.startswith("model.anchor.")]  # frozen anchor left out
+    assert state["binder_config"]["modalities"]["audio"]["encoder"] == SMALL_ENCODER
+    first_weights = {k: v.clone() for k, v in state["state_dict"].items()}
+
+    second = tmp_path / "second"
+    train(compose(bind_overrides(second, *common, f"ckpt_path={ckpt}", "trainer.max_epochs=2")))
+    state2 = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state2["global_step"] == 4 and state2["epoch"] == state["epoch"] + 1  # continued, not restarted
+    assert any(not torch.equal(first_weights[k], state2["state_dict"][k]) for k in first_weights)
+    # The optimizer state came along: AdamW's step count continued from the first run.
+    steps = [s["step"] for s in state2["optimizer_states"][0]["state"].values()]
+    assert steps and all(int(s) == 4 for s in steps)
+    assert (second / "model" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end (slow): the default recipe learns something
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_default_training_beats_chance(compose, data_root, tmp_path):
+    """The default config (real anchor recipe, full digits data), 2 epochs: zero-shot above chance."""
+    cfg = compose([f"run_dir={tmp_path / 'run'}", f"paths.cache={tmp_path / 'cache'}", "trainer.max_epochs=2",
+                   "trainer.enable_progress_bar=false"])
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    rows = metrics["zero_shot"]
+    assert rows, "no zero-shot rows in metrics.json"
+    (row,) = rows.values()
+    assert row["n"] == 250  # takes 0-4 of 5 speakers x 10 digits
+    assert row["top1"] > row["chance"] + 5, row
