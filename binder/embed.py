@@ -7,6 +7,7 @@ which are embedded in batches without gradients on the best available device.
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -33,7 +34,7 @@ def as_items(value: Any) -> List[Any]:
     """A list of inputs, or one input (a path, string, image, array, or (waveform, rate)) -> list."""
     if isinstance(value, list):
         return value
-    if isinstance(value, tuple) and not (len(value) == 2 and isinstance(value[1], int)):
+    if isinstance(value, tuple) and not (len(value) == 2 and isinstance(value[1], numbers.Integral)):
         return list(value)
     return [value]
 

@@ -7,6 +7,7 @@ open_clip CLIP on MNIST captions) and freezes it into open_clip's folder format.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Dict
 
@@ -26,6 +27,9 @@ from binder.optim import OptimConfig
 from binder.types import Modality
 
 log = logging.getLogger(__name__)
+
+# The frozen anchor is in eval mode on purpose; Lightning would warn about it on every run.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 def _container(node: Any) -> Dict[str, Any]:

@@ -36,7 +36,8 @@ class ManifestConfig:
     val_path: Optional[str] = None  # held-out manifest; else val_fraction of the rows
     val_fraction: float = 0.1  # rows held out when val_path is not given
     classnames: Optional[List[str]] = None  # names for integer labels (zero-shot evaluation)
-    templates: List[str] = field(default_factory=lambda: ["a photo of a {}.", "a {}."])  # prompts
+    templates: List[str] = field(default_factory=lambda: [
+        "a photo of a {}.", "a {}.", "the sound of a {}.", "a picture of a {}."])  # class prompts
     validate: bool = True  # open every row's files up front
     batch_size: int = 64  # pairs per batch
     num_workers: int = 2  # DataLoader workers

@@ -25,8 +25,10 @@ from binder.registry import ModalitySpec, register_modality
 from binder.types import Modality
 
 PRESETS: Dict[str, ViTConfig] = {
-    # Trains in minutes on 2 CPU cores: non-overlapping 16 x 16 patches -> 8 x 12 tokens.
-    "tiny": ViTConfig(patch=(16, 16), stride=(16, 16), width=128, depth=4, heads=4, drop_path=0.1),
+    # Trains in minutes on 2 CPU cores: frame-strip patches (all 128 mel bins x 4 frames -> 51
+    # tokens). On the digits world square 16 x 16 patches sat at chance for hundreds of steps
+    # while strips reached 98% supervised accuracy in 5 epochs (see benchmarks/README.md).
+    "tiny": ViTConfig(patch=(128, 4), stride=(128, 4), width=128, depth=4, heads=4, drop_path=0.1),
     # ImageBind's audio trunk (imagebind_huge): 12 x 19 overlapping patches.
     "imagebind": ViTConfig(patch=(16, 16), stride=(10, 10), width=768, depth=12, heads=12, drop_path=0.1),
 }
@@ -51,7 +53,8 @@ class AudioConfig:
 
     name: str = "audio"  # modality name (registry key)
     preset: str = "tiny"  # encoder size preset: tiny | imagebind
-    encoder: Dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ViTConfig
+    encoder: Dict[str, Any] = field(  # overrides of the preset's ViTConfig (None = keep the preset's)
+        default_factory=lambda: {name: None for name in ViTConfig.__dataclass_fields__})
     sample_rate: int = 16000  # every input is resampled to this rate
     num_mel_bins: int = 128  # log-mel bins
     target_length: int = 204  # frames per clip (2 s at a 10 ms hop, ImageBind's 204)
@@ -72,7 +75,11 @@ class AudioConfig:
 
     def vit(self) -> ViTConfig:
         """The preset's ViTConfig with ``encoder`` overrides applied."""
-        merged = {**asdict(PRESETS[self.preset]), **dict(self.encoder)}
+        overrides = {k: v for k, v in dict(self.encoder).items() if v is not None}
+        unknown = sorted(set(overrides) - set(ViTConfig.__dataclass_fields__))
+        if unknown:
+            raise BinderInputError(f"audio encoder overrides {unknown} are not ViTConfig fields")
+        merged = {**asdict(PRESETS[self.preset]), **overrides}
         return ViTConfig(**merged)
 
     @property

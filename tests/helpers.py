@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 # A shrunk encoder for tests that build one: 1 block, 32 wide (the tiny preset is 4 x 128).
-# `modality.encoder` defaults to an empty (struct) node, so Hydra needs `++` to add keys to it.
+# `++` merges these keys into `modality.encoder` (its null keys keep the preset's values).
 SMALL_ENCODER = {"depth": 1, "width": 32, "heads": 2}
 SMALL_ENCODER_OVERRIDE = "++modality.encoder={depth:1,width:32,heads:2}"
 

@@ -19,6 +19,11 @@ from binder.training import train
 from helpers import SMALL_ENCODER, SMALL_ENCODER_OVERRIDE
 
 
+def set_overrides(encoder: dict) -> dict:
+    """The encoder overrides that were set (null keys keep the preset's value)."""
+    return {k: v for k, v in encoder.items() if v is not None}
+
+
 def bind_overrides(run_dir: Path, *extra: str) -> list:
     return ["modality=audio", SMALL_ENCODER_OVERRIDE, "trainer.enable_progress_bar=false",
             f"run_dir={run_dir}", *extra]
@@ -55,7 +60,8 @@ def test_fast_dev_run_digits(compose, tiny_anchor, small_data_root, tmp_path):
     assert saved["modality"] == "audio" and saved["model_dir"] == str(model_dir.resolve())
     assert saved == json.loads(json.dumps(metrics))
     model = binder.load(model_dir)
-    assert model.configs[binder.Modality.AUDIO].encoder == SMALL_ENCODER
+    assert set_overrides(model.configs[binder.Modality.AUDIO].encoder) == SMALL_ENCODER
+    assert model.configs[binder.Modality.AUDIO].vit().depth == SMALL_ENCODER["depth"]
     wav = sorted((small_data_root / "fsdd" / "recordings").glob("*.wav"))[0]
     z = model.embed(audio=[wav], progress=False, device="cpu")["audio"]
     assert z.shape == (1, 128) and torch.isfinite(z).all()
@@ -209,7 +215,7 @@ def test_resume_from_checkpoint(compose, tiny_anchor, small_data_root, tmp_path)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
     assert not [k for k in state["state_dict"] if k.startswith("model.anchor.")]  # frozen anchor left out
-    assert state["binder_config"]["modalities"]["audio"]["encoder"] == SMALL_ENCODER
+    assert set_overrides(state["binder_config"]["modalities"]["audio"]["encoder"]) == SMALL_ENCODER
     first_weights = {k: v.clone() for k, v in state["state_dict"].items()}
 
     second = tmp_path / "second"
@@ -228,9 +234,9 @@ def test_resume_from_checkpoint(compose, tiny_anchor, small_data_root, tmp_path)
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_default_training_beats_chance(compose, data_root, tmp_path):
-    """The default config (real anchor recipe, full digits data), 2 epochs: zero-shot above chance."""
-    cfg = compose([f"run_dir={tmp_path / 'run'}", f"paths.cache={tmp_path / 'cache'}", "trainer.max_epochs=2",
+def test_default_training_meets_target(compose, data_root, tmp_path):
+    """The default run from scratch (anchor built too): emergent audio->text top-1 >= 80% (issue #2)."""
+    cfg = compose([f"run_dir={tmp_path / 'run'}", f"paths.cache={tmp_path / 'cache'}",
                    "trainer.enable_progress_bar=false"])
     train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -238,4 +244,4 @@ def test_default_training_beats_chance(compose, data_root, tmp_path):
     assert rows, "no zero-shot rows in metrics.json"
     (row,) = rows.values()
     assert row["n"] == 250  # takes 0-4 of 5 speakers x 10 digits
-    assert row["top1"] > row["chance"] + 5, row
+    assert row["top1"] >= 80.0, row
