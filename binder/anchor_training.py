@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from binder.evaluation import topk_accuracy
-from binder.optim import OptimConfig, param_groups, warmup_cosine
+from binder.optim import OptimConfig, configure_adamw
 from binder.types import Modality
 
 
@@ -72,9 +72,4 @@ class AnchorTrainingModule(L.LightningModule):
         self.log("val/zero_shot/top1", self.zero_shot["top1"], prog_bar=True)
 
     def configure_optimizers(self) -> Dict[str, Any]:
-        c = self.optim_cfg
-        opt = torch.optim.AdamW(param_groups([("clip", self.clip)], c.weight_decay), lr=c.lr, betas=tuple(c.betas))
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        sched = warmup_cosine(opt, int(c.warmup_epochs * per_epoch), total, c.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return configure_adamw(self.trainer, [("clip", self.clip)], self.optim_cfg)

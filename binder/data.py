@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-from omegaconf import DictConfig, OmegaConf
 
 from binder.errors import BinderInputError
+from binder.optim import to_dict
 from binder.registry import get_modality
 from binder.types import Modality
 
 
 def _fields(cls: type, cfg: Any) -> Dict[str, Any]:
-    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    values = to_dict(cfg)
     return {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
 
 

@@ -18,21 +18,16 @@ from pathlib import Path
 from typing import Any, Dict
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from torchvision import transforms
 
 from binder.anchor import register_open_clip_configs
 from binder.anchor_training import AnchorTrainingModule
 from binder.evaluation import format_table, write_metrics
-from binder.optim import OptimConfig
+from binder.optim import OptimConfig, to_dict
 from binder_datasets.digits import CLASSNAMES, TEMPLATES, DigitsCaptionDataModule, DigitsConfig
 
 log = logging.getLogger(__name__)
-
-
-def _as_dict(node: Any) -> Dict[str, Any]:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
 def anchor_folder(anchor_cfg: Dict[str, Any]) -> Path:
@@ -43,7 +38,7 @@ def anchor_folder(anchor_cfg: Dict[str, Any]) -> Path:
 def ensure_anchor(anchor_cfg: Any) -> Dict[str, Any]:
     """Return the anchor config as a dict, training the anchor first if it has a ``build``
     recipe and its checkpoint does not exist yet."""
-    cfg = _as_dict(anchor_cfg)
+    cfg = to_dict(anchor_cfg)
     build, pretrained = cfg.get("build"), cfg.get("pretrained")
     if build and pretrained and not Path(os.path.expanduser(str(pretrained))).is_file():
         log.info("anchor checkpoint %s not found: training the digits anchor first", pretrained)
@@ -80,7 +75,7 @@ def train_anchor(anchor_cfg: Any, run_dir: "Path | None") -> Dict[str, Any]:
     """
     import open_clip
 
-    cfg = _as_dict(anchor_cfg)
+    cfg = to_dict(anchor_cfg)
     build = cfg["build"]
     register_open_clip_configs()
     clip, _, preprocess = open_clip.create_model_and_transforms(cfg["model"], pretrained=None)

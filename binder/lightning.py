@@ -14,7 +14,7 @@ import torch
 
 from binder.losses import SymmetricInfoNCE
 from binder.model import BindModel
-from binder.optim import OptimConfig, param_groups, warmup_cosine
+from binder.optim import OptimConfig, configure_adamw
 from binder.types import Modality
 
 
@@ -61,13 +61,7 @@ class BindingModule(L.LightningModule):
         return None if batch is None else self._step(batch, "val")
 
     def configure_optimizers(self) -> Dict[str, Any]:
-        c = self.optim_cfg
-        modules = [*self.model.encoders.items(), *self.model.heads.items()]
-        opt = torch.optim.AdamW(param_groups(modules, c.weight_decay), lr=c.lr, betas=tuple(c.betas))
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        sched = warmup_cosine(opt, int(c.warmup_epochs * per_epoch), total, c.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return configure_adamw(self.trainer, [*self.model.encoders.items(), *self.model.heads.items()], self.optim_cfg)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         from binder.io import model_config

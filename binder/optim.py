@@ -47,3 +47,20 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def configure_adamw(trainer: "object", modules: Iterable[Tuple[str, nn.Module]], cfg: OptimConfig) -> dict:
+    """Lightning ``configure_optimizers`` result: AdamW over ``modules`` with a per-step
+    warmup-cosine schedule sized from the trainer's estimated steps."""
+    opt = torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    total = int(trainer.estimated_stepping_batches)
+    per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
+    sched = warmup_cosine(opt, int(cfg.warmup_epochs * per_epoch), total, cfg.min_lr_ratio)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def to_dict(node: "object") -> dict:
+    """A Hydra/OmegaConf node or a mapping -> plain, resolved dict."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)

@@ -14,7 +14,7 @@ from typing import Any, Dict
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from binder.anchor import build_anchor
 from binder.data import build_datamodule
@@ -23,17 +23,13 @@ from binder.evaluation import format_table, write_metrics, zero_shot
 from binder.io import load, save
 from binder.lightning import BindingModule
 from binder.model import BindModel, build_config
-from binder.optim import OptimConfig
+from binder.optim import OptimConfig, to_dict
 from binder.types import Modality
 
 log = logging.getLogger(__name__)
 
 # The frozen anchor is in eval mode on purpose; Lightning would warn about it on every run.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-
-
-def _container(node: Any) -> Dict[str, Any]:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
 def build_model(cfg: DictConfig) -> BindModel:
@@ -44,16 +40,16 @@ def build_model(cfg: DictConfig) -> BindModel:
     if cfg.get("init_from"):
         model = load(cfg.init_from)
         if modality not in model.bound_modalities:
-            model.add_modality(modality, build_config(modality, _container(cfg.modality)))
+            model.add_modality(modality, build_config(modality, to_dict(cfg.modality)))
         log.info("initialised from %s", cfg.init_from)
         return model
-    return BindModel(anchor, {modality: build_config(modality, _container(cfg.modality))})
+    return BindModel(anchor, {modality: build_config(modality, to_dict(cfg.modality))})
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     """A Lightning Trainer from ``cfg.trainer`` with checkpoints and CSV logs under ``run_dir``."""
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-    return L.Trainer(**_container(cfg.trainer), default_root_dir=str(run_dir), callbacks=[ckpt],
+    return L.Trainer(**to_dict(cfg.trainer), default_root_dir=str(run_dir), callbacks=[ckpt],
                      logger=CSVLogger(str(run_dir), name="logs"))
 
 
@@ -76,7 +72,7 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     model = build_model(cfg)
     modality = Modality.parse(cfg.modality.name)
     datamodule = build_datamodule(cfg.data, model, modality, partner=cfg.partner)
-    module = BindingModule(model, OptimConfig(**_container(cfg.optim)), target=Modality.parse(cfg.partner))
+    module = BindingModule(model, OptimConfig(**to_dict(cfg.optim)), target=Modality.parse(cfg.partner))
     trainer = make_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:

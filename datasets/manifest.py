@@ -18,7 +18,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
