@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-
+from binder.config import to_dict
 from binder.errors import BinderInputError
-from binder.optim import to_dict
 from binder.registry import get_modality
 from binder.types import Modality
 

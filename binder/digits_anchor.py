@@ -24,7 +24,8 @@ from torchvision import transforms
 from binder.anchor import register_open_clip_configs
 from binder.anchor_training import AnchorTrainingModule
 from binder.evaluation import format_table, write_metrics
-from binder.optim import OptimConfig, to_dict
+from binder.config import to_dict
+from binder.optim import OptimConfig
 from binder_datasets.digits import CLASSNAMES, TEMPLATES, DigitsCaptionDataModule, DigitsConfig
 
 log = logging.getLogger(__name__)

@@ -58,9 +58,3 @@ def configure_adamw(trainer: "object", modules: Iterable[Tuple[str, nn.Module]],
     sched = warmup_cosine(opt, int(cfg.warmup_epochs * per_epoch), total, cfg.min_lr_ratio)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-def to_dict(node: "object") -> dict:
-    """A Hydra/OmegaConf node or a mapping -> plain, resolved dict."""
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)

@@ -23,7 +23,8 @@ from binder.evaluation import format_table, write_metrics, zero_shot
 from binder.io import load, save
 from binder.lightning import BindingModule
 from binder.model import BindModel, build_config
-from binder.optim import OptimConfig, to_dict
+from binder.config import to_dict
+from binder.optim import OptimConfig
 from binder.types import Modality
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,8 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 def build_model(cfg: DictConfig) -> BindModel:
-    """The anchor (built first if it is the offline default and missing) plus the bound modality."""
-    anchor_cfg = ensure_anchor(cfg.anchor)
-    anchor = build_anchor({k: v for k, v in anchor_cfg.items() if k != "build"})
+    """The anchor (built first if it is the offline default and missing) plus the bound modality,
+    or the saved model named by ``init_from`` (which brings its own anchor) for fine-tuning."""
     modality = Modality.parse(cfg.modality.name)
     if cfg.get("init_from"):
         model = load(cfg.init_from)
@@ -43,6 +43,8 @@ def build_model(cfg: DictConfig) -> BindModel:
             model.add_modality(modality, build_config(modality, to_dict(cfg.modality)))
         log.info("initialised from %s", cfg.init_from)
         return model
+    anchor_cfg = ensure_anchor(cfg.anchor)
+    anchor = build_anchor({k: v for k, v in anchor_cfg.items() if k != "build"})
     return BindModel(anchor, {modality: build_config(modality, to_dict(cfg.modality))})
 
 
