@@ -63,10 +63,18 @@ class BindModel(EmbedMixin, nn.Module):
         if not isinstance(cfg, spec.config_cls):
             cfg = build_config(modality, cfg)
         encoder = spec.encoder_cls(cfg)
+        preprocessor = spec.preprocessor_cls(cfg)
+        for part in (encoder, preprocessor):  # e.g. video reuses the frozen anchor's image tower
+            if hasattr(part, "attach_anchor"):
+                part.attach_anchor(self.anchor)
         self.configs[modality] = cfg
-        self.preprocessors[modality] = spec.preprocessor_cls(cfg)
+        self.preprocessors[modality] = preprocessor
         self.encoders[modality.value] = encoder
-        self.heads[modality.value] = nn.Linear(encoder.output_dim, self.anchor.embed_dim, bias=False)
+        # An encoder that already outputs anchor-space embeddings (projects_to_anchor) needs no head.
+        if getattr(encoder, "projects_to_anchor", False):
+            self.heads[modality.value] = nn.Identity()
+        else:
+            self.heads[modality.value] = nn.Linear(encoder.output_dim, self.anchor.embed_dim, bias=False)
 
     @property
     def modalities(self) -> list:

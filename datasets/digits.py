@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from binder.errors import BinderInputError
 from binder.types import Modality
 from binder_datasets.fsdd import Recording, list_recordings
+from binder_datasets.instances import RENDERERS, InstancePairs, get_renderer, render_fixed
 from binder_datasets.mnist import load_mnist
 from binder_datasets.paths import data_root
 
@@ -62,7 +63,8 @@ class DigitsConfig:
     test_speakers: List[str] = field(default_factory=lambda: ["yweweler"])  # with holdout=speakers
     batch_size: int = 64  # pairs per training batch
     num_workers: int = 0  # DataLoader workers
-    seed: int = 0  # seed of the fixed validation pairing
+    seed: int = 0  # seed of the fixed validation pairing and of the held-out renders
+    epoch_size: int = 2000  # rendered modalities: training pairs per epoch (fresh renders each read)
 
     def __post_init__(self) -> None:
         if self.holdout not in ("takes", "speakers"):
@@ -118,8 +120,8 @@ class PairedDigits(Dataset):
     Args:
         inputs: Preprocessed X per item, each (K, ...) with K clips.
         labels: Class of each item (N,).
-        partner: ``image`` (a random MNIST instance of the class from ``images``) or ``text``
-            (a random caption of the class from ``captions``).
+        partner: ``image`` (a random MNIST instance of the class from ``images``), ``text``
+            (a random caption of the class from ``captions``) or ``label`` (class index only).
         augment: Optional train-time augmentation applied to one clip of X.
         fixed_seed: If set, partners are fixed (validation); else redrawn on every read.
     """
@@ -147,7 +149,9 @@ class PairedDigits(Dataset):
         if self.partner == "image":
             pool = self.pools[int(self.labels[i])]
             return int(pool[rng.integers(len(pool))])
-        return int(rng.integers(self.captions.shape[0]))
+        if self.partner == "text":
+            return int(rng.integers(self.captions.shape[0]))
+        return -1
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         x = self.inputs[i]  # (K, ...)
@@ -159,7 +163,7 @@ class PairedDigits(Dataset):
         item = {self.modality: x, "label": label}
         if self.partner == "image":
             item[Modality.IMAGE] = self.images[j]
-        else:
+        elif self.partner == "text":
             item[Modality.TEXT] = self.captions[j, label]
         return item
 
@@ -190,10 +194,11 @@ class DigitsDataModule(L.LightningDataModule):
     def __init__(self, cfg: DigitsConfig, modality: Modality, preprocessor: Callable, anchor: Any,
                  partner: str = "image", augment: Optional[Callable] = None) -> None:
         super().__init__()
-        if modality not in SOURCES:
-            raise BinderInputError(f"the digits world has no {modality.value} data; it has {[m.value for m in SOURCES]}")
-        if partner not in ("image", "text"):
-            raise BinderInputError(f"partner must be 'image' or 'text', got {partner!r}")
+        if modality not in SOURCES and modality not in RENDERERS:
+            known = [m.value for m in [*SOURCES, *RENDERERS]]
+            raise BinderInputError(f"the digits world has no {modality.value} data; it has {known}")
+        if partner not in ("image", "text", "label"):
+            raise BinderInputError(f"partner must be 'image', 'text' or 'label', got {partner!r}")
         self.cfg, self.modality, self.preprocessor = cfg, modality, preprocessor
         self.anchor, self.partner, self.augment = anchor, partner, augment
         self.world: Optional[DigitsWorld] = None
@@ -211,21 +216,41 @@ class DigitsDataModule(L.LightningDataModule):
             return
         self.world = DigitsWorld(self.cfg)
         captions = tokenize_prompts(self.anchor.tokenize, CLASSNAMES, TEMPLATES) if self.partner == "text" else None
-        self.test_ids: List[str] = []
         for split in ("train", "test"):
-            items, labels, ids = SOURCES[self.modality](self.world, split, self.preprocessor)
             idx = self.world.image_indices(split)
-            images = preprocess_images(self.world, idx, self.anchor.preprocess_image)
-            ds = PairedDigits(
-                self.modality, items, labels, self.partner, images=images,
-                image_labels=self.world.labels[idx], captions=captions,
-                augment=self.augment if split == "train" else None,
-                fixed_seed=None if split == "train" else self.cfg.seed,
-            )
+            images = preprocess_images(self.world, idx, self.anchor.preprocess_image) if self.partner == "image" else None
+            make = self._rendered_split if self.modality in RENDERERS else self._recorded_split
+            ds, raw, labels = make(split, idx, images, captions)
             setattr(self, f"{split}_set", ds)
             if split == "test":
-                self.test_ids, self.test_labels = ids, labels
+                self.test_ids, self.test_labels = raw, labels
         log.info("digits %s: %d train / %d test pairs", self.modality.value, len(self.train_set), len(self.test_set))
+
+    def _recorded_split(self, split: str, idx: np.ndarray, images: Optional[torch.Tensor],
+                        captions: Optional[torch.Tensor]) -> tuple:
+        """Real recordings (audio) paired with a random image of their class."""
+        items, labels, raw = SOURCES[self.modality](self.world, split, self.preprocessor)
+        ds = PairedDigits(
+            self.modality, items, labels, self.partner, images=images, image_labels=self.world.labels[idx],
+            captions=captions, augment=self.augment if split == "train" else None,
+            fixed_seed=None if split == "train" else self.cfg.seed,
+        )
+        return ds, raw, labels
+
+    def _rendered_split(self, split: str, idx: np.ndarray, images: Optional[torch.Tensor],
+                        captions: Optional[torch.Tensor]) -> tuple:
+        """X rendered from each MNIST instance, paired with that same instance."""
+        render = get_renderer(self.modality)
+        digits, labels = self.world.images[idx], self.world.labels[idx]
+        fixed = None
+        if split == "test":
+            fixed = render_fixed(render, tqdm(digits, desc=f"render {self.modality.value} test", leave=False), self.cfg.seed)
+        ds = InstancePairs(
+            self.modality, digits, labels, render, self.preprocessor, self.partner, images=images,
+            captions=captions, augment=self.augment if split == "train" else None, fixed=fixed,
+            epoch_size=self.cfg.epoch_size,
+        )
+        return ds, fixed, labels
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
@@ -235,7 +260,7 @@ class DigitsDataModule(L.LightningDataModule):
         return DataLoader(self.test_set, batch_size=self.cfg.batch_size * 2, num_workers=self.cfg.num_workers)
 
     def zero_shot_set(self) -> tuple:
-        """Held-out raw inputs (file paths) and labels for emergent zero-shot evaluation."""
+        """Held-out raw inputs (file paths or rendered items) and labels for zero-shot evaluation."""
         return list(self.test_ids), np.asarray(self.test_labels)
 
 
