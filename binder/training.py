@@ -25,6 +25,7 @@ from binder.lightning import BindingModule
 from binder.model import BindModel, build_config
 from binder.config import to_dict
 from binder.optim import OptimConfig
+from binder.supervised import SupervisedModule
 from binder.types import Modality
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,32 @@ def evaluate(model: BindModel, datamodule: Any, modality: Modality, cfg: DictCon
     return {f"{modality.value}->text ({route})": result}
 
 
+def supervised(cfg: DictConfig) -> Dict[str, Any]:
+    """``partner=label``: the same encoder and recipe with a linear classifier on the labels."""
+    run_dir = Path(cfg.run_dir).resolve()
+    model = build_model(cfg)
+    modality = Modality.parse(cfg.modality.name)
+    datamodule = build_datamodule(cfg.data, model, modality, partner="label")
+    datamodule.setup("fit")
+    module = SupervisedModule(model, modality, len(datamodule.classnames), OptimConfig(**to_dict(cfg.optim)))
+    trainer = make_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+    rows = {}
+    if not cfg.trainer.get("fast_dev_run"):
+        inputs, labels = datamodule.zero_shot_set()
+        rows[f"{modality.value}->label (supervised)"] = module.accuracy(inputs, labels, cfg.eval.batch_size)
+        log.info("\n%s", format_table(rows, f"Supervised classification of held-out {modality.value} (%)"))
+    metrics = {"modality": modality.value, "partner": "label", "supervised": rows}
+    log.info("metrics: %s", write_metrics(run_dir / "metrics.json", metrics))
+    return metrics
+
+
 def bind(cfg: DictConfig) -> Dict[str, Any]:
     """Train, save and evaluate one bound modality; return the metrics."""
+    if cfg.partner == "label":
+        return supervised(cfg)
     run_dir = Path(cfg.run_dir).resolve()
     model = build_model(cfg)
     modality = Modality.parse(cfg.modality.name)
@@ -91,10 +116,14 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def train(cfg: DictConfig) -> Dict[str, Any]:
-    """Run the task named by ``cfg.task`` (``bind`` or ``anchor``)."""
+    """Run the task named by ``cfg.task`` (``bind``, ``anchor`` or ``benchmark``)."""
     L.seed_everything(cfg.seed, workers=True)
     if cfg.task == "anchor":
         return train_anchor(cfg.anchor, Path(cfg.run_dir).resolve())
     if cfg.task == "bind":
         return bind(cfg)
-    raise ValueError(f"unknown task {cfg.task!r}; expected 'bind' or 'anchor'")
+    if cfg.task == "benchmark":
+        from binder.benchmark import run_benchmark
+
+        return run_benchmark(cfg)
+    raise ValueError(f"unknown task {cfg.task!r}; expected 'bind', 'anchor' or 'benchmark'")
