@@ -9,6 +9,7 @@ and ``model`` may be ``local-dir:/path`` (open_clip's own folder format). Anothe
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -156,7 +157,8 @@ class OpenClipAnchor(Anchor):
         return {"type": "open_clip", **asdict(self.cfg)}
 
 
-ANCHOR_TYPES = {"open_clip": OpenClipAnchor}
+# name -> Anchor class, or "module:Class" imported on first use (e.g. ImageBind's own towers).
+ANCHOR_TYPES = {"open_clip": OpenClipAnchor, "imagebind": "binder.imagebind.anchor:ImageBindAnchor"}
 
 
 def build_anchor(spec: Dict[str, Any]) -> Anchor:
@@ -168,6 +170,9 @@ def build_anchor(spec: Dict[str, Any]) -> Anchor:
     kind = spec.pop("type", "open_clip")
     if kind not in ANCHOR_TYPES:
         raise ModelLoadError(f"unknown anchor type {kind!r}; expected one of {sorted(ANCHOR_TYPES)}")
+    if isinstance(ANCHOR_TYPES[kind], str):
+        module, name = ANCHOR_TYPES[kind].split(":")
+        ANCHOR_TYPES[kind] = getattr(importlib.import_module(module), name)
     fields = AnchorConfig.__dataclass_fields__
     return ANCHOR_TYPES[kind](AnchorConfig(**{k: v for k, v in spec.items() if k in fields}))
 

@@ -65,6 +65,7 @@ def model_config(model: BindModel) -> Dict[str, Any]:
         "embed_dim": model.anchor.embed_dim,
         "anchor": model.anchor.describe(),
         "modalities": {m.value: config_to_dict(cfg) for m, cfg in model.configs.items()},
+        **(model.config_extra() if hasattr(model, "config_extra") else {}),  # e.g. ImageBind trunks
     }
 
 
@@ -75,7 +76,8 @@ def save(model: BindModel, path: "str | Path") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         config = model_config(model)
-        config["anchor"] = _bundle_anchor(config["anchor"], tmp)
+        bundle = getattr(model.anchor, "bundle", None)  # an anchor that writes its own weights
+        config["anchor"] = bundle(tmp / ANCHOR_DIR) if bundle else _bundle_anchor(config["anchor"], tmp)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
                  if not k.startswith("anchor.")}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
@@ -130,6 +132,10 @@ def load(path: "str | Path", device: "str | torch.device" = "cpu") -> BindModel:
         ModelLoadError: the folder, its config or its weights are missing, corrupt or mismatched.
     """
     path = Path(path).expanduser()
+    if path.suffix in (".pth", ".pt") and not path.is_dir():  # the official ImageBind checkpoint
+        from binder.imagebind.load import load_checkpoint
+
+        return load_checkpoint(path, device=device)
     if not path.exists():
         raise ModelLoadError(f"model folder {str(path)!r} does not exist")
     if not path.is_dir():
@@ -145,7 +151,12 @@ def load(path: "str | Path", device: "str | torch.device" = "cpu") -> BindModel:
         raise ModelLoadError(f"{str(weights)!r} is not a readable safetensors file: {err}") from err
     anchor = build_anchor(_resolve_anchor(config["anchor"], path))
     try:
-        model = BindModel(anchor, {Modality.parse(m): c for m, c in config["modalities"].items()})
+        if config.get("architecture") == "imagebind":  # encoders are ImageBind trunks
+            from binder.imagebind.model import ImageBindModel
+
+            model = ImageBindModel.from_config(anchor, config)
+        else:
+            model = BindModel(anchor, {Modality.parse(m): c for m, c in config["modalities"].items()})
     except BinderInputError as err:
         raise ModelLoadError(f"config.json in {str(path)!r} does not describe a buildable model: {err}") from err
     _check_state(model, state, weights)

@@ -1,0 +1,82 @@
+"""``binder.load("imagebind_huge.pth")``: the official ImageBind checkpoint as a binder model.
+
+The checkpoint (facebookresearch/ImageBind, arXiv 2305.05665) is recognised by its key names,
+sizes are read from its tensor shapes (see :mod:`binder.imagebind.mapping`), and every key is
+consumed: vision and text become the frozen :class:`ImageBindAnchor`, audio, depth, thermal and
+IMU become ImageBind trunks of an :class:`ImageBindModel`, preprocessed by binder's modality
+preprocessors with their ``imagebind`` preset and trained (when fine-tuned) at ImageBind's fixed
+temperatures (Table 9: audio 0.05, depth 0.2, thermal 0.1, IMU 0.2).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from binder.anchor import AnchorConfig
+from binder.errors import BinderInputError, ModelLoadError
+from binder.imagebind.anchor import ImageBindAnchor
+from binder.imagebind.checkpoint import check_imagebind, read_state
+from binder.imagebind.mapping import check_shapes, convert, infer_trunk
+from binder.imagebind.model import ImageBindModel
+from binder.registry import get_modality
+from binder.types import Modality
+
+log = logging.getLogger(__name__)
+
+TEMPERATURES = {"audio": 0.05, "depth": 0.2, "thermal": 0.1, "imu": 0.2}  # ImageBind, Table 9
+
+
+def modality_config(modality: str) -> Optional[Any]:
+    """The registered config of ``modality`` with its ``imagebind`` preset and ImageBind's
+    temperature; None (with a warning) when no module registers the modality."""
+    try:
+        spec = get_modality(modality)
+    except BinderInputError as err:
+        log.warning("skipping the ImageBind %s trunk: %s", modality, err)
+        return None
+    fields = spec.config_cls.__dataclass_fields__
+    values = {"preset": "imagebind"} if "preset" in fields else {}
+    if "temperature" in fields:
+        values["temperature"] = TEMPERATURES[modality]
+    return spec.config_cls(**values)
+
+
+def load_checkpoint(path: "str | Path", device: "str | torch.device" = "cpu",
+                    modalities: Optional[Sequence[str]] = None,
+                    heads: Optional[Mapping[str, int]] = None, precision: str = "fp32") -> ImageBindModel:
+    """Build an :class:`ImageBindModel` from the official ImageBind checkpoint.
+
+    Args:
+        path: ``imagebind_huge.pth`` (or a reduced-size checkpoint with the same key names).
+        device: Where to put the model.
+        modalities: Bound modalities to load (default: all in the file); the anchor always loads.
+        heads: Attention heads per tower (``{"audio": 12}``) where they differ from ImageBind's.
+        precision: The frozen anchor's precision: fp32, fp16 or bf16.
+
+    Raises:
+        ModelLoadError: one error naming the file and what was expected, for a missing,
+            truncated or non-torch file, a checkpoint that is not ImageBind, or wrong shapes.
+    """
+    path = Path(path).expanduser().resolve()
+    state = read_state(path)
+    wanted = check_imagebind(state, path, None if modalities is None else [Modality.parse(m).value for m in modalities])
+    anchor = ImageBindAnchor(AnchorConfig(model="imagebind", pretrained=str(path), precision=precision),
+                             state=state, heads=heads)
+    configs, trunks = {}, {}
+    for m in wanted:
+        cfg = modality_config(m)
+        if cfg is not None:
+            configs[m], trunks[m] = cfg, infer_trunk(state, m, heads)
+    model = ImageBindModel(anchor, configs, trunks)
+    mapped, _ = convert(state, list(configs))
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("anchor.")}
+    check_shapes(expected, mapped, repr(str(path)))
+    result = model.load_state_dict(mapped, strict=False)
+    leftover = [k for k in result.missing_keys if not k.startswith("anchor.")]
+    if leftover or result.unexpected_keys:
+        raise ModelLoadError(f"{str(path)!r}: weights not loaded {leftover[:5]}, unexpected {result.unexpected_keys[:5]}")
+    log.info("loaded ImageBind from %s: image, text, %s", path, list(configs))
+    return model.to(device).eval()
