@@ -31,10 +31,12 @@ def best_device() -> torch.device:
 
 
 def as_items(value: Any) -> List[Any]:
-    """A list of inputs, or one input (a path, string, image, array, or (waveform, rate)) -> list."""
+    """A list of inputs, or one input (a path, string, image, array, or (samples, rate) with an int or
+    float rate, e.g. (waveform, 16000) or (frames, 29.97)) -> list."""
     if isinstance(value, list):
         return value
-    if isinstance(value, tuple) and not (len(value) == 2 and isinstance(value[1], numbers.Integral)):
+    is_pair = len(value) == 2 and isinstance(value[1], numbers.Real) and not isinstance(value[1], bool) if isinstance(value, tuple) else False
+    if isinstance(value, tuple) and not is_pair:  # (samples, rate) is one input; other tuples are lists
         return list(value)
     return [value]
 

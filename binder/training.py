@@ -101,7 +101,13 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     datamodule = build_datamodule(cfg.data, model, modality, partner=cfg.partner)
     module = BindingModule(model, OptimConfig(**to_dict(cfg.optim)), target=Modality.parse(cfg.partner))
     trainer = make_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainable = [p for part in (model.encoders[modality.value], model.heads[modality.value]) for p in part.parameters()
+                 if p.requires_grad]
+    if not trainable:  # model has no trainable parameters for this modality (e.g. video mode=pooled)
+        log.info("%s has no trainable parameters: skipping training, evaluating only", modality.value)
+        datamodule.setup("fit")
+    else:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; no model was saved")
     model_dir = save(model, run_dir / "model")
