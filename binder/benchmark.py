@@ -152,7 +152,7 @@ def plot_table(results: Dict[str, Dict[str, Any]], routes: List[str], path: Path
 
     modalities = list(results)
     width = 0.8 / max(1, len(routes))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(modalities), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 1.5 * len(modalities)), 4.0))
     for i, route in enumerate(routes):
         xs = [m + (i - (len(routes) - 1) / 2) * width for m in range(len(modalities))]
         ys = [results[m].get(route, {}).get("top1", 0.0) for m in modalities]
@@ -165,8 +165,8 @@ def plot_table(results: Dict[str, Dict[str, Any]], routes: List[str], path: Path
     ax.set_xticks(range(len(modalities)), modalities)
     ax.set_ylim(0, 105)
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("Held-out digits world: emergent vs text-paired vs supervised")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Held-out digits world: top-1 per route\n(emergent = trained with images only)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(routes) + 1, frameon=False)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)

@@ -28,7 +28,14 @@ def _manifest(cfg: Any, model: Any, modality: Modality, partner: str, augment: C
                               model.anchor, partner=partner, augment=augment)
 
 
-DATA_KINDS: Dict[str, Callable] = {"digits": _digits, "manifest": _manifest}
+def _llvip(cfg: Any, model: Any, modality: Modality, partner: str, augment: Callable) -> Any:
+    from binder_datasets.llvip import LLVIPConfig, LLVIPDataModule
+
+    return LLVIPDataModule(LLVIPConfig(**_fields(LLVIPConfig, cfg)), modality, model.preprocessors[modality],
+                           model.anchor, partner=partner, augment=augment)
+
+
+DATA_KINDS: Dict[str, Callable] = {"digits": _digits, "manifest": _manifest, "llvip": _llvip}
 
 
 def build_datamodule(cfg: Any, model: Any, modality: Modality, partner: str = "image") -> Any:

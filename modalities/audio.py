@@ -30,7 +30,8 @@ PRESETS: Dict[str, ViTConfig] = {
     # while strips reached 98% supervised accuracy in 5 epochs (see benchmarks/README.md).
     "tiny": ViTConfig(patch=(128, 4), stride=(128, 4), width=128, depth=4, heads=4, drop_path=0.1),
     # ImageBind's audio trunk (imagebind_huge): 12 x 19 overlapping patches.
-    "imagebind": ViTConfig(patch=(16, 16), stride=(10, 10), width=768, depth=12, heads=12, drop_path=0.1),
+    "imagebind": ViTConfig(patch=(16, 16), stride=(10, 10), width=768, depth=12, heads=12, drop_path=0.1,
+                           patch_norm=True),  # ImageBind's audio stem: conv, then LayerNorm
 }
 
 

@@ -28,6 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # must add an entry here; the generic tests fail for it until it does.
 SAMPLE_INPUTS = {
     "audio": lambda: (chirp(seconds=5.0, rate=16000), 16000),
+    "depth": lambda: np.random.default_rng(0).uniform(0.5, 3.0, (40, 52)).astype(np.float32),  # metres (H, W)
+    "thermal": lambda: np.random.default_rng(0).integers(0, 65536, (40, 50), dtype=np.uint16),  # 16-bit frame
+    "imu": lambda: (np.random.default_rng(0).normal(0, 1, (800, 6)).astype(np.float32), 100),  # 8 s, (T, 6)
+    "video": lambda: np.random.default_rng(0).integers(0, 256, (24, 36, 40, 3), dtype=np.uint8),  # (T, H, W, 3), 6 s at 4 fps
 }
 
 MODALITIES = binder.list_modalities()
@@ -167,6 +171,8 @@ def test_bind_model_averages_clips(modality, bind_model):
     m = Modality.parse(modality)
     one = bind_model.preprocessors[m](_sample(modality))  # (K, ...)
     torch.manual_seed(0)
+    if one.shape[0] == 1:  # a single-view modality: make a synthetic second clip
+        one = torch.cat([one, one + torch.randn_like(one)])  # (K=2, ...)
     clips = torch.stack([one, one.flip(0) + 0.2 * torch.randn_like(one)])  # (N=2, K, ...)
     n, k = clips.shape[:2]
     assert k > 1
