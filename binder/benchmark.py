@@ -91,6 +91,8 @@ def run_benchmark(cfg: DictConfig) -> Dict[str, Any]:
             metrics = bind(run_config(cfg, modality, route, run_dir / "runs" / f"{modality}-{route}"))
             results.setdefault(modality, {})[route] = _top1(metrics)
             write_table(run_dir, results, list(bcfg.routes))
+    order = [*bcfg.modalities, *[m for m in results if m not in bcfg.modalities]]
+    results = {m: results[m] for m in order if m in results}  # rows in benchmark.modalities order
     summary = write_table(run_dir, results, list(bcfg.routes))
     log.info("\n%s", (run_dir / "table.md").read_text())
     return summary
