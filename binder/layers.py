@@ -55,6 +55,17 @@ def conv_stem(in_chans: int, width: int, channels: Tuple[int, ...]) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
+def init_vit_weights(m: nn.Module) -> None:
+    """timm's ViT init: truncated-normal (std 0.02) linear weights, zero biases, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class PatchViT(nn.Module):
     """ViT over a (C, H, W) input, e.g. a 1 x 128 x 204 spectrogram or a 1 x 224 x 224 depth map.
 
@@ -93,17 +104,8 @@ class PatchViT(nn.Module):
         self._width = cfg.width
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
+        self.apply(init_vit_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     @property
     def output_dim(self) -> int:

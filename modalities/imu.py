@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig
+from binder.layers import PatchViT, ViTConfig, init_vit_weights
 from binder.registry import ModalitySpec, register_modality
 from binder.types import Modality
 
@@ -413,7 +413,7 @@ class IMUEncoder(PatchViT):
         super().__init__(vit, in_chans=CHANNELS, input_size=(1, cfg.num_samples))
         self.num_samples = cfg.num_samples
         self.patch_embed = WindowEmbed(CHANNELS, int(vit.patch[-1]), int(vit.stride[-1]), vit.width)
-        self.patch_embed.apply(self._init_weights)
+        self.patch_embed.apply(init_vit_weights)
 
     @property
     def input_ndim(self) -> int:

@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from binder.errors import BinderInputError
+from binder.layers import init_vit_weights
 from binder.registry import ModalitySpec, register_modality
 from binder.types import Modality
 
@@ -446,17 +447,8 @@ class VideoEncoder(nn.Module):
         self.head_drop = nn.Dropout(tc.dropout)
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
+        self.apply(init_vit_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     def attach_anchor(self, anchor: Any) -> None:
         """Use ``anchor``'s image tower for frame embeddings (held by reference, not registered)."""
@@ -464,7 +456,7 @@ class VideoEncoder(nn.Module):
         self.image_size = frame_spec(anchor).size
         if self.mode == "temporal" and self.frame_proj.in_features != anchor.embed_dim:
             self.frame_proj = nn.Linear(anchor.embed_dim, self._width)
-            self._init_weights(self.frame_proj)
+            init_vit_weights(self.frame_proj)
 
     @property
     def anchor(self) -> Any:
