@@ -29,6 +29,7 @@ never as a submodule, so it is neither trained nor saved with the encoder's weig
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +97,8 @@ class VideoConfig:
     frames_per_clip: int = 2  # frames per clip, uniform in time (ImageBind: 2)
     clip_duration: float = 2.0  # seconds per clip (ImageBind: 2)
     fps: float = 4.0  # frame rate assumed for inputs without timestamps (arrays, image lists, folders) = the digits renderer's
+    spatial_crops: int = 1  # 1: centre crop | 3: short side scaled, 3 crops along the long side (ImageBind's SpatialCrop)
+    interpolation: str = "bicubic"  # frame resize: bicubic (antialiased, like PIL) | bilinear (pytorchvideo's ShortSideScale)
     temperature: float = 0.05  # fixed InfoNCE temperature
 
     def __post_init__(self) -> None:
@@ -103,6 +106,9 @@ class VideoConfig:
             raise BinderInputError(f"video mode must be 'temporal' or 'pooled', got {self.mode!r}")
         if self.preset not in PRESETS:
             raise BinderInputError(f"unknown video preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        if self.spatial_crops not in (1, 3) or self.interpolation not in ("bicubic", "bilinear"):
+            raise BinderInputError(f"video spatial_crops must be 1 or 3 and interpolation bicubic or bilinear, got "
+                                   f"{self.spatial_crops}, {self.interpolation!r}")
         if self.clips_per_sample < 1 or self.frames_per_clip < 1 or self.clip_duration <= 0 or self.fps <= 0:
             raise BinderInputError(
                 "video clips_per_sample and frames_per_clip must be >= 1 and clip_duration, fps > 0, got "
@@ -345,19 +351,22 @@ class VideoPreprocessor:
     # -- transform -------------------------------------------------------------------------
 
     def transform(self, clips: np.ndarray) -> torch.Tensor:
-        """uint8 (K, T, H, W, 3) -> anchor-normalised float (K, T, 3, S, S)."""
+        """uint8 (K, T, H, W, 3) -> anchor-normalised float (K * crops, T, 3, S, S)."""
         k, t = clips.shape[:2]
         flat = clips.reshape(k * t, *clips.shape[2:])  # (K T, H, W, 3)
-        spec = self.spec
+        spec, crops = self.spec, self.cfg.spatial_crops
         if spec.transform is not None:
-            out = torch.stack([spec.transform(Image.fromarray(f)) for f in flat]).float()
+            if crops != 1:
+                raise BinderInputError("video spatial_crops=3 needs an anchor whose image transform is resize + "
+                                       "crop + normalise")
+            out = torch.stack([spec.transform(Image.fromarray(f)) for f in flat]).float()[None]  # (1, K T, 3, S, S)
         else:
             x = rearrange(torch.from_numpy(np.ascontiguousarray(flat)), "n h w c -> n c h w").float() / 255.0
-            out = resize_crop(x, spec.size)
-            mean = torch.tensor(spec.mean, dtype=out.dtype)[None, :, None, None]
-            std = torch.tensor(spec.std, dtype=out.dtype)[None, :, None, None]
+            out = resize_crops(x, spec.size, crops, self.cfg.interpolation)  # (V, K T, 3, S, S)
+            mean = torch.tensor(spec.mean, dtype=out.dtype)[:, None, None]
+            std = torch.tensor(spec.std, dtype=out.dtype)[:, None, None]
             out = (out - mean) / std
-        return rearrange(out, "(k t) c h w -> k t c h w", k=k)
+        return rearrange(out, "v (k t) c h w -> (k v) t c h w", k=k)
 
     def __call__(self, item: Any, sample_rate: Optional[float] = None, train: bool = False,
                  num_clips: Optional[int] = None) -> torch.Tensor:
@@ -365,16 +374,29 @@ class VideoPreprocessor:
         return self.transform(self.sample(item, sample_rate, train, num_clips))
 
 
-def resize_crop(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """(N, 3, h, w) in [0, 1] -> (N, 3, H, W): bicubic antialiased resize so the frame covers
-    ``size`` (short side for a square crop), then a centre crop, clamped to [0, 1] like PIL."""
+def resize_crops(x: torch.Tensor, size: Tuple[int, int], crops: int = 1, mode: str = "bicubic") -> torch.Tensor:
+    """(N, 3, h, w) in [0, 1] -> (V, N, 3, H, W) with V = ``crops``: resize so the frame covers
+    ``size`` (short side for a square crop), then a centre crop (``crops=1``) or, as ImageBind's
+    ``SpatialCrop(num_crops=3)``, crops at the start, centre and end of the long side.
+    ``bicubic`` is antialiased and clamped to [0, 1] like PIL; ``bilinear`` is pytorchvideo's
+    ``ShortSideScale`` (no antialiasing)."""
     h, w = x.shape[-2:]
     scale = max(size[0] / h, size[1] / w)
     nh, nw = max(size[0], int(round(h * scale))), max(size[1], int(round(w * scale)))
     if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
-    top, left = (nh - size[0]) // 2, (nw - size[1]) // 2
-    return x[..., top : top + size[0], left : left + size[1]]
+        if mode == "bicubic":
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+        else:
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+    if crops == 1:
+        top, left = (nh - size[0]) // 2, (nw - size[1]) // 2
+        return x[None, ..., top : top + size[0], left : left + size[1]]
+    dh, dw = nh - size[0], nw - size[1]
+    along_h = dh > dw  # portrait: crops run down the height (ImageBind's uniform_crop)
+    offsets = [0, math.ceil((dh if along_h else dw) / 2), dh if along_h else dw]
+    views = [x[..., o : o + size[0], dw // 2 : dw // 2 + size[1]] if along_h
+             else x[..., dh // 2 : dh // 2 + size[0], o : o + size[1]] for o in offsets]
+    return torch.stack(views)  # (3, N, 3, H, W)
 
 
 def frames_to_uint8(item: Any, name: str) -> np.ndarray:

@@ -373,3 +373,46 @@ def test_pooled_run_evaluates_without_training(compose, tiny_anchor, data_root, 
     assert row["n"] == 2000 and 0 <= row["top1"] <= 100
     assert not (tmp_path / "checkpoints").exists()
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageBind's spatial crops (imagebind/data.py: ShortSideScale(224) then SpatialCrop(224, 3))
+# ----------------------------------------------------------------------------------------------
+
+def test_three_spatial_crops_along_the_long_side():
+    from modalities.video import resize_crops
+
+    x = torch.linspace(0, 1, 50).expand(2, 3, 28, 50).contiguous()  # (N, 3, 28, 50): a left-right ramp
+    views = resize_crops(x, (28, 28), crops=3, mode="bilinear")  # no resize needed: short side is 28
+    assert views.shape == (3, 2, 3, 28, 28)
+    torch.testing.assert_close(views[0], x[..., :28])  # left
+    torch.testing.assert_close(views[1], x[..., 11:39])  # centre: ceil((50 - 28) / 2) = 11
+    torch.testing.assert_close(views[2], x[..., 22:])  # right
+    portrait = x.transpose(-1, -2).contiguous()  # (N, 3, 50, 28): crops run down the height
+    down = resize_crops(portrait, (28, 28), crops=3, mode="bilinear")
+    torch.testing.assert_close(down[2], portrait[..., 22:, :])
+    one = resize_crops(x, (28, 28))  # the default: one centre crop
+    assert one.shape == (1, 2, 3, 28, 28)
+    torch.testing.assert_close(one[0], x[..., 11:39])
+
+
+def test_imagebind_video_views(random_anchor):
+    """ImageBind's loader: 5 clips x 3 spatial crops = 15 views of 2 frames each; a wide video's
+    three crops differ, and the clips follow the ramp in time."""
+    from binder.imagebind.model import video_preprocessor
+
+    pre = video_preprocessor(random_anchor)
+    assert (pre.cfg.clips_per_sample, pre.cfg.frames_per_clip, pre.cfg.spatial_crops) == (5, 2, 3)
+    frames = np.zeros((30, 28, 84, 3), np.uint8)
+    frames[:, :, :28], frames[:, :, 28:56], frames[:, :, 56:] = 40, 120, 200  # left, middle, right thirds
+    x = pre((frames, 5.0))
+    assert x.shape == (15, 2, 3, 28, 28)
+    crops = rearrange_views(x)  # (5, 3, ...)
+    assert (crops[:, 0] < crops[:, 1]).all() and (crops[:, 1] < crops[:, 2]).all()
+    with pytest.raises(BinderInputError, match="spatial_crops"):
+        VideoConfig(spatial_crops=2)
+
+
+def rearrange_views(x: torch.Tensor) -> torch.Tensor:
+    """(clips * 3, T, 3, H, W) -> per-view mean brightness (clips, 3), clip-major like ImageBind."""
+    return x.mean(dim=(1, 2, 3, 4)).reshape(-1, 3)

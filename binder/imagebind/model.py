@@ -110,14 +110,18 @@ class ImageBindModel(BindModel):
 
 
 def video_preprocessor(anchor: Any) -> Any:
-    """The registered video preprocessor, ``imagebind`` preset (clips of 2 frames at the anchor's
-    image size and normalisation) -> (clips, frames, 3, H, W) per video."""
+    """The registered video preprocessor set up as ImageBind's loader (clips of 2 frames at the
+    anchor's image size and normalisation, 3 spatial crops) -> (clips * 3, frames, 3, H, W)."""
     try:
         spec = get_modality(Modality.VIDEO)
     except BinderInputError as err:
         raise BinderInputError(f"raw video needs binder's video modality module: {err}") from err
     fields = spec.config_cls.__dataclass_fields__
-    pre = spec.preprocessor_cls(spec.config_cls(**({"preset": "imagebind"} if "preset" in fields else {})))
+    # imagebind/data.py's video loader: 5 clips of 2 s, 2 frames each, ShortSideScale(224)
+    # (bilinear), 3 spatial crops -> 15 views averaged.
+    official = {"preset": "imagebind", "clips_per_sample": 5, "frames_per_clip": 2, "clip_duration": 2.0,
+                "spatial_crops": 3, "interpolation": "bilinear"}
+    pre = spec.preprocessor_cls(spec.config_cls(**{k: v for k, v in official.items() if k in fields}))
     if hasattr(pre, "attach_anchor"):
         pre.attach_anchor(anchor)
     return pre
