@@ -7,8 +7,8 @@ final LayerNorm whose CLS output is the pooled feature. Blocks come from timm.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Tuple
 
 import torch
 from einops import rearrange
@@ -16,6 +16,8 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from binder.errors import BinderInputError
 
 
 @dataclass
@@ -34,6 +36,20 @@ class ViTConfig:
     patch_norm: bool = False  # LayerNorm on patch tokens before the blocks (ImageBind's stems)
     stem: str = "patch"  # patch: one strided conv (ImageBind) | conv: 3x3 stride-2 conv stack (Xiao et al. 2021)
     stem_channels: Tuple[int, ...] = (16, 32, 64)  # conv stem widths before the final projection
+
+
+def vit_overrides(encoder: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """The non-null ``encoder:`` overrides of a modality config, checked against ViTConfig's fields."""
+    overrides = {k: v for k, v in dict(encoder).items() if v is not None}
+    unknown = sorted(set(overrides) - set(ViTConfig.__dataclass_fields__))
+    if unknown:
+        raise BinderInputError(f"{name} encoder overrides {unknown} are not ViTConfig fields")
+    return overrides
+
+
+def merge_vit(preset: ViTConfig, encoder: Dict[str, Any], name: str) -> ViTConfig:
+    """``preset`` with the non-null ``encoder`` overrides of modality ``name`` applied."""
+    return ViTConfig(**{**asdict(preset), **vit_overrides(encoder, name)})
 
 
 def _pair(v) -> Tuple[int, int]:

@@ -10,7 +10,7 @@ stride 10 on 128 x 204, 768 wide, 12 deep, 12 heads, drop path 0.1) or a tiny pr
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -20,7 +20,7 @@ import torch
 import torchaudio
 
 from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig
+from binder.layers import PatchViT, ViTConfig, merge_vit
 from binder.registry import ModalitySpec, register_modality
 from binder.types import Modality
 
@@ -76,12 +76,7 @@ class AudioConfig:
 
     def vit(self) -> ViTConfig:
         """The preset's ViTConfig with ``encoder`` overrides applied."""
-        overrides = {k: v for k, v in dict(self.encoder).items() if v is not None}
-        unknown = sorted(set(overrides) - set(ViTConfig.__dataclass_fields__))
-        if unknown:
-            raise BinderInputError(f"audio encoder overrides {unknown} are not ViTConfig fields")
-        merged = {**asdict(PRESETS[self.preset]), **overrides}
-        return ViTConfig(**merged)
+        return merge_vit(PRESETS[self.preset], self.encoder, "audio")
 
     @property
     def pad_value(self) -> float:

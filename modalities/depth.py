@@ -28,7 +28,7 @@ patch tokens, 384 wide, 12 deep, 8 heads) or the ``tiny`` preset for 2 CPU cores
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig
+from binder.layers import PatchViT, ViTConfig, merge_vit
 from binder.registry import ModalitySpec, register_modality
 from binder.types import Modality
 
@@ -129,15 +129,6 @@ class DepthConfig:
         mean = preset["mean"] if self.mean is None else self.mean
         std = preset["std"] if self.std is None else self.std
         return float(mean), float(std)
-
-
-def merge_vit(preset: ViTConfig, encoder: Dict[str, Any], name: str) -> ViTConfig:
-    """``preset`` with the non-null ``encoder`` overrides applied (shared with thermal)."""
-    overrides = {k: v for k, v in dict(encoder).items() if v is not None}
-    unknown = sorted(set(overrides) - set(ViTConfig.__dataclass_fields__))
-    if unknown:
-        raise BinderInputError(f"{name} encoder overrides {unknown} are not ViTConfig fields")
-    return ViTConfig(**{**asdict(preset), **overrides})
 
 
 def as_array(item: Any, name: str) -> np.ndarray:

@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig, init_vit_weights
+from binder.layers import PatchViT, ViTConfig, init_vit_weights, vit_overrides
 from binder.registry import ModalitySpec, register_modality
 from binder.types import Modality
 
@@ -125,10 +125,7 @@ class IMUConfig:
     def vit(self) -> ViTConfig:
         """The preset's ViTConfig with ``encoder`` overrides; ``patch``/``stride`` may be window
         lengths in samples (an int or [1, n])."""
-        overrides = {k: v for k, v in dict(self.encoder).items() if v is not None}
-        unknown = sorted(set(overrides) - set(ViTConfig.__dataclass_fields__))
-        if unknown:
-            raise BinderInputError(f"imu encoder overrides {unknown} are not ViTConfig fields")
+        overrides = vit_overrides(self.encoder, "imu")
         for key in ("patch", "stride"):
             if key in overrides:
                 v = overrides[key]

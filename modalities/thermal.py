@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig
+from binder.layers import PatchViT, ViTConfig, merge_vit
 from binder.registry import ModalitySpec, register_modality
 from binder.types import Modality
-from modalities.depth import DepthAugment, as_array, merge_vit, read_image_array, resize_center_crop, single_channel
+from modalities.depth import DepthAugment, as_array, read_image_array, resize_center_crop, single_channel
 
 PRESETS: Dict[str, ViTConfig] = {
     # Learns the digits world in minutes on 2 CPU cores: a conv stem (3x3 stride-2 convs 16, 32,
