@@ -1,17 +1,8 @@
-"""Train binder: ``python train.py modality=audio`` (Hydra overrides; see configs/train.yaml)."""
-import logging
+"""Train binder: ``python train.py modality=audio`` (Hydra overrides; ``--help`` lists them).
 
-import hydra
-from omegaconf import DictConfig
-
-from binder.training import train
-
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    logging.getLogger("lightning.pytorch").setLevel(logging.INFO)
-    train(cfg)
-
+The same app as the ``binder train`` command of an installed binder; see binder.training.
+"""
+from binder.training import main
 
 if __name__ == "__main__":
     main()

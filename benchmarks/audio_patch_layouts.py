@@ -14,16 +14,18 @@ import time
 import torch
 import torch.nn.functional as F
 
-from binder.layers import PatchViT, ViTConfig
-from binder_datasets.fsdd import list_recordings
-from binder_datasets.paths import data_root
-from modalities.audio import AudioConfig, AudioPreprocessor
+from binder.layers import Trunk, TrunkConfig
+from binder.datasets.fsdd import list_recordings
+from binder.datasets.paths import data_root
+from binder.modalities.audio import AudioConfig, AudioPreprocessor
 
 log = logging.getLogger("benchmarks")
 
 LAYOUTS = {
-    "square 16x16 (ImageBind-like)": ViTConfig(patch=(16, 16), stride=(16, 16), width=128, depth=4, heads=4),
-    "frame strips 128x4 (tiny)": ViTConfig(patch=(128, 4), stride=(128, 4), width=128, depth=4, heads=4),
+    "square 16x16 (ImageBind-like)": TrunkConfig(patch=(16, 16), stride=(16, 16), width=128, depth=4, heads=4,
+                                                 input_size=(128, 204)),
+    "frame strips 128x4 (tiny)": TrunkConfig(patch=(128, 4), stride=(128, 4), width=128, depth=4, heads=4,
+                                             input_size=(128, 204)),
 }
 
 
@@ -35,11 +37,11 @@ def features() -> tuple:
     return x, torch.tensor([r.digit for r in recs]), torch.tensor([r.take < 5 for r in recs])
 
 
-def train_layout(vit: ViTConfig, x: torch.Tensor, y: torch.Tensor, test: torch.Tensor, epochs: int,
+def train_layout(vit: TrunkConfig, x: torch.Tensor, y: torch.Tensor, test: torch.Tensor, epochs: int,
                  lr: float = 2e-3, bs: int = 32) -> None:
     """Train encoder + linear head with cross-entropy; log accuracy and time per epoch."""
     torch.manual_seed(0)
-    enc, head = PatchViT(vit, 1, (128, 204)), torch.nn.Linear(vit.width, 10)
+    enc, head = Trunk(vit), torch.nn.Linear(vit.width, 10)
     params = [*enc.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
     xtr, ytr = x[~test], y[~test]

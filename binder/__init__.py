@@ -1,20 +1,21 @@
 """binder: bind any sensor modality into one embedding space anchored on a frozen CLIP.
 
 After ImageBind (Girdhar et al., CVPR 2023, arXiv 2305.05665), with training, evaluation,
-fine-tuning and retrieval. Public API: :func:`load`, :func:`save`, :func:`use`, :func:`embed`,
-:class:`Modality`, :func:`list_modalities`, :class:`BindModel`.
+fine-tuning and retrieval. Public API: :func:`load`, :func:`save`, :func:`merge`, :func:`use`,
+:func:`embed`, :func:`list_modalities`, :func:`register_modality`, :class:`ModalitySpec`,
+:class:`BindModel`, and :class:`Modality` (constants for the built-in modality names).
 """
-from binder.errors import BinderError, BinderInputError, ModelLoadError, NoDefaultModelError
+from binder.errors import BinderConfigError, BinderError, BinderInputError, ModelLoadError, NoDefaultModelError
 from binder.types import Modality
-from binder.registry import get_modality, list_modalities, register_modality, ModalitySpec
+from binder.registry import ModalitySpec, get_modality, list_modalities, register_modality
 from binder.model import BindModel
-from binder.io import load, save
+from binder.io import load, merge, save
 from binder.embed import embed, use
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "BindModel", "BinderError", "BinderInputError", "ModalitySpec", "Modality", "ModelLoadError",
-    "NoDefaultModelError", "embed", "get_modality", "list_modalities", "load", "register_modality",
+    "BindModel", "BinderConfigError", "BinderError", "BinderInputError", "ModalitySpec", "Modality", "ModelLoadError",
+    "NoDefaultModelError", "embed", "get_modality", "list_modalities", "load", "merge", "register_modality",
     "save", "use", "__version__",
 ]

@@ -4,17 +4,20 @@ ImageBind (arXiv 2305.05665, sec. 3.2) binds every modality to a frozen OpenCLIP
 space. :class:`Anchor` is the interface binder relies on; :class:`OpenClipAnchor` serves any
 open_clip model through one code path, ``open_clip.create_model_and_transforms(model,
 pretrained=...)``, where ``pretrained`` is a tag (``laion2b_s34b_b79k``) or a local checkpoint,
-and ``model`` may be ``local-dir:/path`` (open_clip's own folder format). Another frozen pair
-(e.g. ImageBind's own towers) stands in by subclassing :class:`Anchor`.
+and ``model`` may be ``local-dir:/path`` (open_clip's own folder format) or ``hf-hub:org/name``.
+Another frozen pair (ImageBind's own towers) stands in by subclassing :class:`Anchor` with a
+``kind``: saved models name their anchor by kind, never by an importable path, so loading a
+model folder cannot be made to run arbitrary code.
 """
 from __future__ import annotations
 
-import importlib
+import hashlib
+import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +25,25 @@ from PIL import Image
 from torch import nn
 
 from binder.errors import BinderInputError, ModelLoadError
+from binder.logs import quiet_open_clip
 
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """How the anchor turns an image into a tensor (open_clip's preprocess config)."""
+
+    size: Tuple[int, int] = (224, 224)  # (H, W) of the model input
+    mean: Tuple[float, ...] = CLIP_MEAN
+    std: Tuple[float, ...] = CLIP_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # shortest: short side + centre crop | squash | longest
 
 
 def register_open_clip_configs() -> None:
@@ -35,26 +53,17 @@ def register_open_clip_configs() -> None:
     open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-@dataclass
-class AnchorConfig:
-    """Which frozen image/text model anchors the embedding space."""
-
-    model: str = "binder-digits"  # open_clip model name, or "local-dir:/path/to/folder"
-    pretrained: Optional[str] = None  # open_clip pretrained tag or checkpoint path; None = random
-    cache_dir: Optional[str] = None  # where open_clip caches downloaded weights
-    precision: str = "fp32"  # open_clip precision string for the frozen towers
-
-    def __post_init__(self) -> None:
-        if self.pretrained and str(self.pretrained).startswith("~"):
-            self.pretrained = os.path.expanduser(self.pretrained)
-        if self.model.startswith("local-dir:~"):
-            self.model = "local-dir:" + os.path.expanduser(self.model[len("local-dir:"):])
-
-
 class Anchor(nn.Module):
     """A frozen image/text pair. Always in eval mode, never trainable."""
 
+    kind: ClassVar[str] = ""
+    kinds: ClassVar[Dict[str, type]] = {}
     embed_dim: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            Anchor.kinds[cls.kind] = cls
 
     def freeze(self) -> "Anchor":
         """Disable gradients for every parameter and switch to eval mode."""
@@ -78,21 +87,43 @@ class Anchor(nn.Module):
         """A PIL image or image path -> model tensor (3, H, W)."""
         raise NotImplementedError
 
+    def image_config(self) -> ImageConfig:
+        """Input size, normalisation and resize of :meth:`preprocess_image`."""
+        return ImageConfig()
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Strings -> token ids (N, L)."""
         raise NotImplementedError
 
     def describe(self) -> Dict[str, Any]:
-        """JSON-able description that :func:`build_anchor` can rebuild this anchor from."""
+        """JSON-able description (``kind`` + settings) that :func:`build_anchor` rebuilds from."""
         raise NotImplementedError
 
+    def fingerprint(self) -> str:
+        """SHA-256 over the anchor's tensors (names, shapes, dtypes and bytes): two models share an
+        embedding space exactly when their anchors have the same fingerprint."""
+        cached = getattr(self, "_fingerprint", None)
+        if cached is None:
+            digest = hashlib.sha256()
+            for name, value in sorted(self.state_dict().items()):
+                t = value.detach().cpu().contiguous()
+                digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            cached = digest.hexdigest()
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
 
-def _open_image(image: Any) -> Image.Image:
+
+def open_image(image: Any) -> Image.Image:
     """Return an RGB PIL image from a PIL image or a path, with a clear error otherwise."""
     if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise BinderInputError(f"image input is empty ({image.width} x {image.height} pixels)")
         return image.convert("RGB")
     if isinstance(image, (str, Path)):
         path = Path(image)
+        if path.is_dir():
+            raise BinderInputError(f"image file {str(path)!r} is a directory; expected an image file")
         if not path.is_file():
             raise BinderInputError(f"image file {str(path)!r} does not exist")
         try:
@@ -103,31 +134,60 @@ def _open_image(image: Any) -> Image.Image:
     raise BinderInputError(f"image input must be a PIL image or a file path, got {type(image).__name__}")
 
 
-class OpenClipAnchor(Anchor):
-    """Any open_clip CLIP as a frozen anchor."""
+@dataclass
+class OpenClipAnchorConfig:
+    """The schema of ``anchor=...`` for open_clip anchors."""
 
-    def __init__(self, cfg: AnchorConfig) -> None:
+    _target_: str = "binder.anchor.OpenClipAnchor"
+    model: str = "binder-digits"  # open_clip model name, "local-dir:/path/to/folder" or "hf-hub:org/name"
+    pretrained: Optional[str] = None  # open_clip pretrained tag or checkpoint path; None = the folder's / random
+    cache_dir: Optional[str] = None  # where open_clip caches downloaded weights
+    precision: str = "fp32"  # open_clip precision string for the frozen towers
+    build: Optional[Any] = None  # a recipe (with _target_) that trains the anchor when `pretrained` is missing
+
+
+class OpenClipAnchor(Anchor):
+    """Any open_clip CLIP as a frozen anchor.
+
+    Args:
+        model: open_clip model name, ``local-dir:/folder`` or ``hf-hub:org/name``.
+        pretrained: Pretrained tag or local checkpoint; None loads the folder's weights (local-dir,
+            hf-hub) or leaves the towers random.
+        cache_dir: open_clip's download cache.
+        precision: fp32, fp16, bf16, ...
+    """
+
+    kind = "open_clip"
+
+    def __init__(self, model: str = "binder-digits", pretrained: Optional[str] = None,
+                 cache_dir: Optional[str] = None, precision: str = "fp32") -> None:
         super().__init__()
         import open_clip
 
         register_open_clip_configs()
-        self.cfg = cfg
+        if pretrained and str(pretrained).startswith("~"):
+            pretrained = os.path.expanduser(pretrained)
+        if model.startswith("local-dir:~"):
+            model = "local-dir:" + os.path.expanduser(model[len("local-dir:"):])
+        self.settings = {"model": model, "pretrained": pretrained, "cache_dir": cache_dir, "precision": precision}
+        if pretrained is None and not model.startswith(("local-dir:", "hf-hub:")):
+            log.warning("anchor %s has random weights (pretrained=None)", model)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                cfg.model, pretrained=cfg.pretrained, precision=cfg.precision, cache_dir=cfg.cache_dir
-            )
-        except (RuntimeError, FileNotFoundError, ValueError) as err:
-            raise ModelLoadError(
-                f"could not build open_clip anchor model={cfg.model!r} pretrained={cfg.pretrained!r}: {err}"
-            ) from err
-        self.model = model
-        self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(cfg.model)
-        self.embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") and isinstance(
-            model.text_projection, torch.Tensor) else int(self._probe_dim())
+            with quiet_open_clip():
+                clip, _, preprocess = open_clip.create_model_and_transforms(
+                    model, pretrained=pretrained, precision=precision, cache_dir=cache_dir)
+                self.tokenizer = open_clip.get_tokenizer(model)
+        except Exception as err:  # open_clip raises RuntimeError, ValueError, OSError, UnpicklingError, ...
+            raise ModelLoadError(f"could not build the open_clip anchor model={model!r} pretrained={pretrained!r}: "
+                                 f"{type(err).__name__}: {err}") from err
+        self.model, self.preprocess = clip, preprocess
+        self.embed_dim = int(self._probe_dim())
         self.freeze()
 
     def _probe_dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            return proj.shape[1]
         with torch.no_grad():
             return self.model.encode_text(self.tokenize(["probe"])).shape[-1]
 
@@ -145,38 +205,88 @@ class OpenClipAnchor(Anchor):
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     def preprocess_image(self, image: Any) -> torch.Tensor:
-        return self.preprocess(_open_image(image))
+        return self.preprocess(open_image(image))
+
+    def image_config(self) -> ImageConfig:
+        import open_clip
+
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        size = cfg.get("size", 224)
+        size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+        return ImageConfig(size=size, mean=tuple(cfg.get("mean", CLIP_MEAN)), std=tuple(cfg.get("std", CLIP_STD)),
+                           interpolation=cfg.get("interpolation", "bicubic"),
+                           resize_mode=cfg.get("resize_mode", "shortest"))
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise BinderInputError("text inputs must be strings")
+        bad = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            i, kind = bad[0]
+            raise BinderInputError(f"text input {i} is a {kind}, expected a string")
         return self.tokenizer(texts)
 
     def describe(self) -> Dict[str, Any]:
-        return {"type": "open_clip", **asdict(self.cfg)}
+        return {"kind": self.kind, **self.settings}
+
+    def needs_bundle(self) -> bool:
+        """Whether saved models must carry the weights: local files and folders, and random
+        weights (which no name can recreate); a hub folder or a pretrained tag is fetched again."""
+        model, pretrained = self.settings["model"], self.settings["pretrained"]
+        if model.startswith("hf-hub:") and pretrained is None:
+            return False
+        return model.startswith("local-dir:") or pretrained is None or Path(str(pretrained)).is_file()
+
+    def bundle(self, folder: Path) -> Optional[Dict[str, Any]]:
+        """Write the anchor into ``folder`` in open_clip's folder format (``open_clip_config.json``
+        + ``open_clip_model.safetensors``, loadable with ``open_clip.create_model_and_transforms(
+        "local-dir:<folder>")`` without binder) and return a description pointing at it; None for
+        anchors fetched by name and tag or from the Hub, which are described, not copied."""
+        import open_clip
+        from safetensors.torch import save_file
+
+        if not self.needs_bundle():
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        name = self.settings["model"]
+        model_cfg = _local_model_cfg(name) if name.startswith("local-dir:") else open_clip.get_model_config(name)
+        if model_cfg is None:
+            raise ModelLoadError(f"open_clip has no config for anchor model {name!r}; cannot save it in folder format")
+        preprocess = {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in open_clip.get_model_preprocess_cfg(self.model).items()}
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+        (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(folder / OPEN_CLIP_WEIGHTS))
+        return {**self.describe(), "model": f"local-dir:{folder.name}", "pretrained": None}
 
 
-# name -> Anchor class, or "module:Class" imported on first use (e.g. ImageBind's own towers).
-ANCHOR_TYPES = {"open_clip": OpenClipAnchor, "imagebind": "binder.imagebind.anchor:ImageBindAnchor"}
+def _local_model_cfg(model: str) -> Dict[str, Any]:
+    path = Path(model[len("local-dir:"):]) / OPEN_CLIP_CONFIG
+    try:
+        return json.loads(path.read_text())["model_cfg"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"{str(path)!r} is not an open_clip folder config (model_cfg): {err}") from err
 
 
-def build_anchor(spec: Dict[str, Any]) -> Anchor:
-    """Build an anchor from a dict such as :meth:`Anchor.describe` returns or a Hydra node.
+def anchor_kinds() -> Dict[str, type]:
+    """Known anchor kinds -> classes (binder's own are imported here)."""
+    import binder.imagebind.anchor  # noqa: F401  (registers the "imagebind" kind)
 
-    Keys other than ``type`` are fields of that anchor type's config dataclass.
+    return dict(Anchor.kinds)
+
+
+def build_anchor(description: Dict[str, Any]) -> Anchor:
+    """Rebuild an anchor from :meth:`Anchor.describe` output (``kind`` + settings).
+
+    Raises:
+        ModelLoadError: an unknown kind or settings the kind does not take.
     """
-    spec = dict(spec)
-    kind = spec.pop("type", "open_clip")
-    if kind not in ANCHOR_TYPES:
-        raise ModelLoadError(f"unknown anchor type {kind!r}; expected one of {sorted(ANCHOR_TYPES)}")
-    if isinstance(ANCHOR_TYPES[kind], str):
-        module, name = ANCHOR_TYPES[kind].split(":")
-        ANCHOR_TYPES[kind] = getattr(importlib.import_module(module), name)
-    fields = AnchorConfig.__dataclass_fields__
-    return ANCHOR_TYPES[kind](AnchorConfig(**{k: v for k, v in spec.items() if k in fields}))
-
-
-def list_anchor_types() -> List[str]:
-    """Names of registered anchor types."""
-    return sorted(ANCHOR_TYPES)
+    spec = dict(description)
+    kind = spec.pop("kind", spec.pop("type", "open_clip"))
+    kinds = anchor_kinds()
+    if kind not in kinds:
+        raise ModelLoadError(f"unknown anchor kind {kind!r}; expected one of {sorted(kinds)}")
+    try:
+        return kinds[kind](**spec)
+    except TypeError as err:
+        raise ModelLoadError(f"anchor settings {sorted(spec)} do not fit the {kind!r} anchor: {err}") from err

@@ -1,48 +1,101 @@
-"""Builds the DataModule named by ``cfg.data.kind`` for one bound modality."""
+"""Data modules for binding: (X, target) pairs for every bound modality of a run.
+
+A data module is named in the ``data`` config group by ``_target_`` and built by
+:func:`build_datamodule` with the model, the modalities to train and the target (``image``:
+ImageBind's emergent route; ``text``: the text-paired baseline; ``label``: the supervised
+reference). Each modality gets its own paired data, as in ImageBind, which trains every modality
+against images it was captured with: ``train_dataloader`` returns ``{modality: DataLoader}``
+(Lightning cycles the shorter ones), ``val_dataloader`` one loader per modality in
+:attr:`PairedDataModule.val_modalities` order. Every batch is a dict keyed by modality name, plus
+``label`` where the data has classes.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from binder.config import to_dict
-from binder.errors import BinderInputError
+import lightning as L
+import numpy as np
+
+from binder.config import build_dataclass, check_keys, instantiate, to_dict
+from binder.errors import BinderConfigError
 from binder.registry import get_modality
-from binder.types import Modality
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("image", "text", "label")
 
 
-def _fields(cls: type, cfg: Any) -> Dict[str, Any]:
-    values = to_dict(cfg)
-    return {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+class PairedDataModule(L.LightningDataModule):
+    """Base of binder's data modules: options validated against ``Config``, one dataset per modality.
+
+    Args:
+        model: The model whose preprocessors and anchor the data uses.
+        modalities: The bound modalities to produce pairs for.
+        target: ``image``, ``text`` or ``label`` (what X is paired with).
+        **options: Fields of the subclass's ``Config`` dataclass (the ``data`` config group).
+    """
+
+    Config: type = None  # set by subclasses
+    targets: Tuple[str, ...] = TARGETS
+
+    def __init__(self, model: Any, modalities: Sequence[str], target: str = "image", **options: Any) -> None:
+        super().__init__()
+        self.cfg = build_dataclass(self.Config, options, "data")
+        if target not in self.targets:
+            raise BinderConfigError(f"{type(self).__name__} pairs data with {list(self.targets)}, not target={target!r}")
+        self.model, self.anchor, self.target = model, model.anchor, target
+        self.modalities = list(modalities)
+        self.preprocessors = {m: model.preprocessors[m] for m in self.modalities}
+        self.augments = {m: self._augment(m) for m in self.modalities}
+        self.train_sets: Dict[str, Any] = {}
+        self.val_sets: Dict[str, Any] = {}
+
+    def _augment(self, modality: str) -> Optional[Callable]:
+        spec = get_modality(modality)
+        if spec.augment_cls is None or not getattr(self.cfg, "augment", True):
+            return None
+        return spec.augment_cls(self.model.configs[modality])
+
+    @classmethod
+    def check(cls, options: Dict[str, Any], modalities: Sequence[str], target: str) -> str:
+        """Cheap checks of paths and options before anything is built; returns a one-line
+        description of the data for the run's header. Subclasses extend it."""
+        build_dataclass(cls.Config, options, "data")
+        return cls.__name__
+
+    @property
+    def val_modalities(self) -> List[str]:
+        """Modalities with a validation loader, in ``val_dataloader`` order."""
+        return [m for m in self.modalities if len(self.val_sets.get(m, ())) > 0]
+
+    @property
+    def classnames(self) -> List[str]:
+        """Class names for zero-shot evaluation (empty without labels)."""
+        return []
+
+    @property
+    def templates(self) -> List[str]:
+        """Prompt templates ("a photo of a {}.") for zero-shot evaluation."""
+        return []
+
+    def zero_shot_set(self, modality: str) -> Tuple[List[Any], np.ndarray]:
+        """Held-out raw inputs of ``modality`` and their label indices (empty without labels)."""
+        return [], np.zeros(0, dtype=np.int64)
 
 
-def _digits(cfg: Any, model: Any, modality: Modality, partner: str, augment: Callable) -> Any:
-    from binder_datasets.digits import DigitsConfig, DigitsDataModule
-
-    return DigitsDataModule(DigitsConfig(**_fields(DigitsConfig, cfg)), modality, model.preprocessors[modality],
-                            model.anchor, partner=partner, augment=augment)
+def data_target(node: Any) -> Any:
+    """The data module class named by a ``data`` config node (its keys checked)."""
+    return check_keys(node, "data", allowed_extra=("model", "modalities", "target"))
 
 
-def _manifest(cfg: Any, model: Any, modality: Modality, partner: str, augment: Callable) -> Any:
-    from binder_datasets.manifest import ManifestConfig, ManifestDataModule
-
-    return ManifestDataModule(ManifestConfig(**_fields(ManifestConfig, cfg)), modality, model.preprocessors[modality],
-                              model.anchor, partner=partner, augment=augment)
-
-
-def _llvip(cfg: Any, model: Any, modality: Modality, partner: str, augment: Callable) -> Any:
-    from binder_datasets.llvip import LLVIPConfig, LLVIPDataModule
-
-    return LLVIPDataModule(LLVIPConfig(**_fields(LLVIPConfig, cfg)), modality, model.preprocessors[modality],
-                           model.anchor, partner=partner, augment=augment)
+def check_data(node: Any, modalities: Sequence[str], target: str) -> str:
+    """Validate the ``data`` node (keys, paths) before anything expensive; a one-line description."""
+    cls = data_target(node)
+    options = {k: v for k, v in to_dict(node).items() if not k.startswith("_")}
+    return cls.check(options, modalities, target) if hasattr(cls, "check") else cls.__name__
 
 
-DATA_KINDS: Dict[str, Callable] = {"digits": _digits, "manifest": _manifest, "llvip": _llvip}
-
-
-def build_datamodule(cfg: Any, model: Any, modality: Modality, partner: str = "image") -> Any:
-    """The DataModule for ``cfg.kind`` with the modality's preprocessor and train augmentation."""
-    kind = cfg.get("kind")
-    if kind not in DATA_KINDS:
-        raise BinderInputError(f"data.kind must be one of {sorted(DATA_KINDS)}, got {kind!r}")
-    spec = get_modality(modality)
-    augment = spec.augment_cls(model.configs[modality]) if spec.augment_cls and cfg.get("augment", True) else None
-    return DATA_KINDS[kind](cfg, model, modality, partner, augment)
+def build_datamodule(node: Any, model: Any, modalities: Sequence[str], target: str = "image") -> Any:
+    """The data module named by ``node._target_`` for ``modalities`` paired with ``target``."""
+    return instantiate(node, "data", model=model, modalities=list(modalities), target=target)

@@ -2,19 +2,22 @@
 
 Inputs are raw (file paths, waveforms with their sample rate, PIL images, strings); each
 modality's preprocessor (or the anchor's transform/tokenizer) turns them into model tensors,
-which are embedded in batches without gradients on the best available device.
+which are embedded in batches without gradients on the model's own device (or the one given).
+Every embedding that leaves binder is finite and unit-norm; an input that would give anything
+else is a :class:`~binder.errors.BinderInputError` naming it.
 """
 from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from binder.errors import BinderInputError, NoDefaultModelError
-from binder.types import Modality
+from binder.logs import progress as progress_bar
+from binder.types import IMAGE, TEXT, modality_name
 
 log = logging.getLogger(__name__)
 
@@ -30,70 +33,113 @@ def best_device() -> torch.device:
     return torch.device("cpu")
 
 
-def as_items(value: Any) -> List[Any]:
-    """A list of inputs, or one input (a path, string, image, array, or (samples, rate) with an int or
-    float rate, e.g. (waveform, 16000) or (frames, 29.97)) -> list."""
+def _is_pair(value: Any) -> bool:
+    """``(samples, rate)``: one input with its int or float rate (e.g. (waveform, 16000))."""
+    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], numbers.Real)
+            and not isinstance(value[1], bool))
+
+
+def as_items(value: Any, modality: str = "") -> List[Any]:
+    """A list (tuple, generator, numpy array of strings) of inputs, or one input -> list."""
     if isinstance(value, list):
         return value
-    is_pair = len(value) == 2 and isinstance(value[1], numbers.Real) and not isinstance(value[1], bool) if isinstance(value, tuple) else False
-    if isinstance(value, tuple) and not is_pair:  # (samples, rate) is one input; other tuples are lists
+    if _is_pair(value):
+        return [value]
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "USO" and modality == TEXT:
+        return [str(v) if value.dtype.kind in "US" else v for v in value.reshape(-1)]
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, np.ndarray, torch.Tensor)) and \
+            not hasattr(value, "read") and not hasattr(value, "__fspath__") and not hasattr(value, "getpixel"):
         return list(value)
     return [value]
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """A positive integer batch size, or a clear error."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise BinderInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_finite(z: torch.Tensor, modality: str, start: int) -> None:
+    """Refuse non-finite embeddings, naming the inputs (by index) that produced them."""
+    bad = (~torch.isfinite(z)).any(-1)
+    if bad.any():
+        idx = [start + int(i) for i in torch.nonzero(bad).flatten()[:5]]
+        raise BinderInputError(f"{modality} input(s) {idx} give non-finite embeddings (values too large or "
+                               "degenerate after preprocessing); check those inputs")
 
 
 class EmbedMixin:
     """Adds :meth:`embed` to a model that has ``encode``, ``anchor`` and ``preprocessors``."""
 
-    def preprocess(self, modality: Modality, items: List[Any], sample_rate: Optional[int] = None) -> torch.Tensor:
+    def preprocess(self, modality: str, items: List[Any], sample_rate: Optional[float] = None) -> torch.Tensor:
         """Raw inputs of one modality -> one stacked model tensor."""
-        if modality is Modality.TEXT:
+        if modality == TEXT:
             return self.anchor.tokenize(items)
-        if modality is Modality.IMAGE:
+        if modality == IMAGE:
             return torch.stack([self.anchor.preprocess_image(x) for x in items])
         if modality not in self.preprocessors:
-            names = [m.value for m in self.modalities]
-            raise BinderInputError(f"this model has no {modality.value} encoder; it embeds {names}")
+            raise BinderInputError(f"this model has no {modality} encoder; it embeds {self.modalities}")
         pre = self.preprocessors[modality]
         return torch.stack([pre(x, sample_rate=sample_rate) for x in items])
 
+    def _target_device(self, device: "str | torch.device | None") -> torch.device:
+        if device is None:
+            return self.device
+        device = torch.device(device)
+        if device != self.device:
+            self.to(device)
+        return device
+
     @torch.no_grad()
     def embed(self, batch_size: int = 32, device: "str | torch.device | None" = None,
-              sample_rate: Optional[int] = None, progress: bool = True, **inputs: Any) -> Dict[Modality, torch.Tensor]:
-        """Embed raw inputs given per modality.
+              sample_rate: Optional[float] = None, progress: bool = True, **inputs: Any) -> Dict[str, torch.Tensor]:
+        """Embed raw inputs given per modality: ``model.embed(audio=[...], text=[...])``.
 
         Args:
-            batch_size: Inputs per forward pass.
-            device: Where to run; default: :func:`best_device`.
-            sample_rate: Sample rate of waveforms passed without one.
+            batch_size: Inputs per forward pass (a positive integer).
+            device: Where to run; moves the model there. Default: where the model already is.
+            sample_rate: Sample rate of waveforms (or frame rate of frame arrays) given without one.
             progress: Show a progress bar for long inputs.
-            **inputs: ``modality=list of inputs`` (or a single input).
+            **inputs: ``modality=`` a list (or tuple, generator) of inputs, or a single input.
 
         Returns:
-            ``{modality: (N, D) float32 L2-normalised tensor on the CPU}``; keys compare equal to
-            the modality names, so ``out["audio"]`` works.
+            ``{modality name: (N, D) float32 L2-normalised tensor on the CPU}``.
         """
         if not inputs:
             raise BinderInputError("embed() needs inputs, e.g. embed(audio=['a.wav'], text=['a dog'])")
-        device = torch.device(device) if device is not None else best_device()
-        self.to(device).eval()
-        out: Dict[Modality, torch.Tensor] = {}
-        for name, value in inputs.items():
-            modality = Modality.parse(name)
-            items = as_items(value)
-            if not items:
-                raise BinderInputError(f"embed(): no {modality.value} inputs given")
-            chunks = range(0, len(items), batch_size)
-            bar = tqdm(chunks, desc=f"embed {modality.value}", disable=not progress or len(chunks) < 4, leave=False)
-            parts = []
-            for start in bar:
-                x = self.preprocess(modality, items[start : start + batch_size], sample_rate).to(device)
-                parts.append(self.encode(modality, x).float().cpu())
-            out[modality] = torch.cat(parts)
-        return out
+        batch_size = check_batch_size(batch_size)
+        device = self._target_device(device)
+        was_training = self.training
+        self.eval()
+        try:
+            return {modality_name(name): self._embed_one(modality_name(name), value, batch_size, device,
+                                                         sample_rate, progress) for name, value in inputs.items()}
+        finally:
+            self.train(was_training)
+
+    def _embed_one(self, modality: str, value: Any, batch_size: int, device: torch.device,
+                   sample_rate: Optional[float], progress: bool) -> torch.Tensor:
+        if modality not in self.modalities:
+            raise BinderInputError(f"this model has no {modality} encoder; it embeds {self.modalities}")
+        items = as_items(value, modality)
+        if not items:
+            raise BinderInputError(f"embed(): no {modality} inputs given (an empty list)")
+        chunks = range(0, len(items), batch_size)
+        bar = progress_bar(chunks, f"embed {modality}", enabled=progress and len(chunks) >= 4)
+        parts = []
+        for start in bar:
+            x = self.preprocess(modality, items[start : start + batch_size], sample_rate).to(device)
+            z = self.encode(modality, x).float().cpu()
+            check_finite(z, modality, start)
+            parts.append(z)
+        return torch.cat(parts)
 
 
 def use(model: Any) -> Any:
-    """Set the default model of :func:`embed`: a model, or a directory for :func:`binder.load`."""
+    """Set the default model of :func:`embed`: a model, or anything :func:`binder.load` accepts."""
     global _default_model
     if not isinstance(model, torch.nn.Module):
         from binder.io import load
@@ -103,11 +149,30 @@ def use(model: Any) -> Any:
     return model
 
 
-def embed(**inputs: Any) -> Dict[Modality, torch.Tensor]:
-    """Embed with the default model set by :func:`use` (see :meth:`EmbedMixin.embed`)."""
+def embed(*, batch_size: int = 32, device: "str | torch.device | None" = None, sample_rate: Optional[float] = None,
+          progress: bool = True, **inputs: Any) -> Dict[str, torch.Tensor]:
+    """Embed raw inputs with the default model set by :func:`use`.
+
+    ``binder.embed(audio=["dog.wav", (waveform, 44100)], image=["dog.jpg"], text=["a dog"])``
+
+    Args:
+        batch_size: Inputs per forward pass (a positive integer).
+        device: Where to run; moves the model there. Default: where the model already is.
+        sample_rate: Sample rate of waveforms (or frame rate of frame arrays) given without one.
+        progress: Show a progress bar for long inputs.
+        **inputs: ``modality=`` a list of inputs (or one input): file paths, ``(samples, rate)``,
+            arrays, tensors, PIL images, strings; any modality the model embeds.
+
+    Returns:
+        ``{modality name: (N, D) float32 L2-normalised tensor on the CPU}``.
+
+    Raises:
+        NoDefaultModelError: :func:`use` was not called.
+        BinderInputError: a bad input, naming it.
+    """
     if _default_model is None:
         raise NoDefaultModelError(
             "binder.embed() has no default model: call binder.use('path/to/model') first "
-            "(a folder written by binder.save, e.g. a training run's outputs/.../model)"
-        )
-    return _default_model.embed(**inputs)
+            "(a folder written by binder.save, e.g. a training run's outputs/.../model)")
+    return _default_model.embed(batch_size=batch_size, device=device, sample_rate=sample_rate, progress=progress,
+                                **inputs)

@@ -1,4 +1,4 @@
-"""Exceptions binder raises for bad input and bad model files.
+"""Exceptions binder raises for bad input, bad configs and bad model files.
 
 Every error names the offending input and states what was expected (DEVELOPERS.md, standard 9).
 """
@@ -10,6 +10,10 @@ class BinderError(Exception):
 
 class BinderInputError(BinderError, ValueError):
     """An input (file, array, tensor, name) is missing, corrupt or of the wrong form."""
+
+
+class BinderConfigError(BinderError, ValueError):
+    """A configuration value or key is wrong: names the key, its group and what is accepted."""
 
 
 class ModelLoadError(BinderError, RuntimeError):

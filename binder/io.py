@@ -1,164 +1,286 @@
-"""Saving and loading binder models: safetensors weights + a JSON config.
+"""Saving, loading and merging binder models: safetensors weights + a JSON config.
 
-A model folder holds ``config.json`` (the anchor's description and every bound modality's
-preprocessing + encoder settings), ``model.safetensors`` (bound encoders and heads only) and,
-when the anchor is a local checkpoint, ``anchor/`` with a copy of it in open_clip's own folder
-format, so the folder is self-contained. Folders are written to a temporary sibling and renamed
-into place, so an interrupted save never leaves a half-written model.
+A model folder holds ``config.json`` (the anchor's description and fingerprint, every bound
+modality's preprocessing + encoder settings, and the SHA-256 of every weight file),
+``model.safetensors`` (bound encoders and heads only) and, when the anchor's weights are local,
+``anchor/`` with the anchor in its own format (open_clip's folder format for open_clip anchors,
+loadable without binder), so the folder is self-contained. Folders are written through
+:func:`binder.files.atomic_folder`: an interrupted save never leaves a half-written model, and
+replacing an existing one is safe at every instant.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from binder.anchor import build_anchor
-from binder.errors import BinderInputError, ModelLoadError
-from binder.model import BindModel, config_to_dict
-from binder.types import Modality
+from binder.errors import BinderError, BinderInputError, ModelLoadError
+from binder.files import atomic_folder, recover
+from binder.model import BindModel, build_config, config_to_dict
 
 log = logging.getLogger(__name__)
 
-FORMAT, VERSION = "binder", 1
+FORMAT, VERSION = "binder", 2
 CONFIG_NAME, WEIGHTS_NAME, ANCHOR_DIR = "config.json", "model.safetensors", "anchor"
 
 
-def _bundle_anchor(spec: Dict[str, Any], folder: Path) -> Dict[str, Any]:
-    """Copy a local anchor checkpoint into ``folder/anchor`` and point the spec at it."""
-    spec = dict(spec)
-    model, pretrained = str(spec.get("model", "")), spec.get("pretrained")
-    if model.startswith("local-dir:"):
-        shutil.copytree(model[len("local-dir:"):], folder / ANCHOR_DIR)
-        spec["model"] = f"local-dir:{ANCHOR_DIR}"
-    elif pretrained and Path(str(pretrained)).expanduser().is_file():
-        (folder / ANCHOR_DIR).mkdir()
-        src = Path(str(pretrained)).expanduser()
-        shutil.copy2(src, folder / ANCHOR_DIR / src.name)
-        spec["pretrained"] = f"{ANCHOR_DIR}/{src.name}"
-    return spec
-
-
-def _resolve_anchor(spec: Dict[str, Any], folder: Path) -> Dict[str, Any]:
-    """Turn the folder-relative anchor paths written by :func:`_bundle_anchor` into absolute ones."""
-    spec = dict(spec)
-    model, pretrained = str(spec.get("model", "")), spec.get("pretrained")
-    if model == f"local-dir:{ANCHOR_DIR}":
-        spec["model"] = f"local-dir:{folder / ANCHOR_DIR}"
-    if pretrained and str(pretrained).startswith(f"{ANCHOR_DIR}/"):
-        spec["pretrained"] = str(folder / pretrained)
-    return spec
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def model_config(model: BindModel) -> Dict[str, Any]:
-    """The JSON-able description :func:`load` rebuilds ``model`` from."""
+    """The JSON-able description :func:`load` rebuilds ``model`` from (weights not included)."""
     return {
         "format": FORMAT,
         "version": VERSION,
+        "architecture": getattr(model, "architecture", "bind"),
         "embed_dim": model.anchor.embed_dim,
         "anchor": model.anchor.describe(),
-        "modalities": {m.value: config_to_dict(cfg) for m, cfg in model.configs.items()},
-        **(model.config_extra() if hasattr(model, "config_extra") else {}),  # e.g. ImageBind trunks
+        "anchor_fingerprint": model.anchor.fingerprint(),
+        "modalities": {m: config_to_dict(cfg) for m, cfg in model.configs.items()},
     }
 
 
+def _relative_anchor(description: Dict[str, Any], folder: Path) -> Dict[str, Any]:
+    """Anchor paths inside the model folder -> absolute, for building."""
+    out = dict(description)
+    model, pretrained = str(out.get("model", "")), out.get("pretrained")
+    if model.startswith(f"local-dir:{ANCHOR_DIR}"):
+        out["model"] = f"local-dir:{folder / model[len('local-dir:'):]}"
+    if pretrained and str(pretrained).startswith(f"{ANCHOR_DIR}/"):
+        out["pretrained"] = str(folder / pretrained)
+    return out
+
+
 def save(model: BindModel, path: "str | Path") -> Path:
-    """Write ``model`` to the folder ``path`` (replaced atomically if it exists)."""
-    path = Path(path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    """Write ``model`` to the folder ``path`` (atomically replacing an existing one).
+
+    Returns:
+        The absolute path of the folder.
+    """
+    path = Path(path).expanduser().absolute()
+    with atomic_folder(path) as tmp:
         config = model_config(model)
-        bundle = getattr(model.anchor, "bundle", None)  # an anchor that writes its own weights
-        config["anchor"] = bundle(tmp / ANCHOR_DIR) if bundle else _bundle_anchor(config["anchor"], tmp)
+        bundle = getattr(model.anchor, "bundle", None)
+        bundled = bundle(tmp / ANCHOR_DIR) if bundle else None
+        if bundled is not None:
+            config["anchor"] = bundled
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
                  if not k.startswith("anchor.")}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        config["files"] = {str(p.relative_to(tmp)): file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved model to %s", path)
     return path
 
 
+# ----------------------------------------------------------------------------------------------
+# Loading a model folder
+# ----------------------------------------------------------------------------------------------
+
 def read_config(path: Path) -> Dict[str, Any]:
-    """Read and check ``config.json`` of a model folder."""
+    """Read and check ``config.json`` of a model folder (every problem: one ModelLoadError)."""
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise ModelLoadError(f"{str(path)!r} is not a binder model folder: {CONFIG_NAME} is missing")
     try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelLoadError(f"{str(cfg_path)!r} is not valid JSON: {err}") from err
-    if config.get("format") != FORMAT or not isinstance(config.get("modalities"), dict):
-        raise ModelLoadError(f"{str(cfg_path)!r} is not a binder config (expected format={FORMAT!r} and modalities)")
+        config = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{str(cfg_path)!r} is not valid UTF-8 JSON: {err}") from None
+    where = repr(str(cfg_path))
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{where} must hold a JSON object, got a {type(config).__name__}")
+    if config.get("format") != FORMAT:
+        raise ModelLoadError(f"{where} is not a binder config: key 'format' must be {FORMAT!r}, got {config.get('format')!r}")
+    for key, kind in (("anchor", dict), ("modalities", dict)):
+        if not isinstance(config.get(key), kind):
+            raise ModelLoadError(f"{where}: key {key!r} must be a JSON object, got {type(config.get(key)).__name__}")
+    if config.get("version", 1) > VERSION:
+        raise ModelLoadError(f"{where} was written by a newer binder (format version {config['version']} > {VERSION})")
     return config
+
+
+def verify_files(path: Path, config: Dict[str, Any]) -> None:
+    """Check every file listed in ``config['files']`` against its recorded SHA-256."""
+    files = config.get("files")
+    if not isinstance(files, dict):
+        raise ModelLoadError(f"{str(path / CONFIG_NAME)!r}: key 'files' (file digests) is missing or not an object")
+    for name, digest in files.items():
+        target = (path / name).resolve()
+        if path.resolve() not in target.parents:
+            raise ModelLoadError(f"{str(path / CONFIG_NAME)!r}: file entry {name!r} points outside the model folder")
+        if not target.is_file():
+            raise ModelLoadError(f"model folder {str(path)!r} lacks {name!r}, listed in {CONFIG_NAME}")
+        if file_digest(target) != digest:
+            raise ModelLoadError(f"{str(target)!r} does not match the SHA-256 recorded in {CONFIG_NAME}: the file "
+                                 "is corrupt or was changed after saving (load with verify=False to skip the check)")
+
+
+def _configs(path: Path, config: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate every modality's config against its schema before anything is built."""
+    out = {}
+    for name, values in config["modalities"].items():
+        try:
+            out[name] = build_config(name, values)
+        except BinderError as err:
+            raise ModelLoadError(f"{str(path / CONFIG_NAME)!r}: modalities.{name}: {err}") from None
+    return out
 
 
 def _check_state(model: BindModel, state: Dict[str, torch.Tensor], where: Path) -> None:
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("anchor.")}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ModelLoadError(
-            f"weights in {str(where)!r} do not match config.json: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
+        raise ModelLoadError(f"weights in {str(where)!r} do not match config.json: missing {missing[:5]}"
+                             f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                             f"{'...' if len(unexpected) > 5 else ''}")
     bad = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
     if bad:
         raise ModelLoadError(f"weights in {str(where)!r} have the wrong shapes for config.json: {bad[:5]}")
 
 
-def load(path: "str | Path", device: "str | torch.device" = "cpu") -> BindModel:
-    """Rebuild a model (anchor, encoders, heads, preprocessing) from a folder written by :func:`save`.
+def model_class(architecture: str) -> type:
+    """The BindModel class of a config's ``architecture``."""
+    if architecture == "imagebind":
+        from binder.imagebind.model import ImageBindModel
 
-    Raises:
-        ModelLoadError: the folder, its config or its weights are missing, corrupt or mismatched.
-    """
+        return ImageBindModel
+    if architecture != "bind":
+        raise ModelLoadError(f"unknown model architecture {architecture!r}; expected 'bind' or 'imagebind'")
+    return BindModel
+
+
+def load_folder(path: "str | Path", device: "str | torch.device" = "cpu", verify: bool = True) -> BindModel:
+    """Rebuild a model (anchor, encoders, heads, preprocessing) from a folder written by :func:`save`."""
     path = Path(path).expanduser()
-    if path.suffix in (".pth", ".pt") and not path.is_dir():  # the official ImageBind checkpoint
-        from binder.imagebind.load import load_checkpoint
-
-        return load_checkpoint(path, device=device)
-    if not path.exists():
-        raise ModelLoadError(f"model folder {str(path)!r} does not exist")
+    recover(path.absolute())
     if not path.is_dir():
-        raise ModelLoadError(f"{str(path)!r} is a file; expected a binder model folder (config.json + {WEIGHTS_NAME})")
+        raise ModelLoadError(f"model folder {str(path)!r} does not exist" if not path.exists() else
+                             f"{str(path)!r} is a file; expected a binder model folder (config.json + {WEIGHTS_NAME})")
     path = path.resolve()
     config = read_config(path)
+    if verify:
+        verify_files(path, config)
+    configs = _configs(path, config)
     weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise ModelLoadError(f"model folder {str(path)!r} has no {WEIGHTS_NAME}")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelLoadError(f"{str(weights)!r} is not a readable safetensors file: {err}") from err
-    anchor = build_anchor(_resolve_anchor(config["anchor"], path))
     try:
-        if config.get("architecture") == "imagebind":  # encoders are ImageBind trunks
-            from binder.imagebind.model import ImageBindModel
-
-            model = ImageBindModel.from_config(anchor, config)
-        else:
-            model = BindModel(anchor, {Modality.parse(m): c for m, c in config["modalities"].items()})
+        anchor = build_anchor(_relative_anchor(config["anchor"], path))
+        model = model_class(config.get("architecture", "bind"))(anchor, configs)
     except BinderInputError as err:
         raise ModelLoadError(f"config.json in {str(path)!r} does not describe a buildable model: {err}") from err
+    expected = config.get("anchor_fingerprint")
+    if verify and expected and anchor.fingerprint() != expected:
+        raise ModelLoadError(f"the anchor built from {str(path / CONFIG_NAME)!r} ({config['anchor'].get('model')}) is not "
+                             "the one this model was trained against (anchor_fingerprint differs): its weights changed")
     _check_state(model, state, weights)
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Any source
+# ----------------------------------------------------------------------------------------------
+
+def _open_clip_model(source: str, pretrained: Optional[str], device: "str | torch.device") -> BindModel:
+    from binder.anchor import OpenClipAnchor
+
+    name = source[len("open_clip:"):]
+    if "@" in name and pretrained is None:
+        name, pretrained = name.rsplit("@", 1)
+    return BindModel(OpenClipAnchor(model=name, pretrained=pretrained), {}).to(device).eval()
+
+
+def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: bool = True,
+         revision: Optional[str] = None, pretrained: Optional[str] = None,
+         modalities: Optional[Sequence[str]] = None) -> BindModel:
+    """Load a model from any of these sources:
+
+    * a folder written by :func:`save` / ``save_pretrained`` (e.g. a run's ``outputs/.../model``);
+    * an official ImageBind checkpoint file (``imagebind_huge.pth``), or the name
+      ``"imagebind_huge"`` (downloaded once into the cache, size and checksum checked, resumable);
+    * a Hugging Face Hub repository holding a saved binder model: ``"hf-hub:org/name"``
+      (optionally ``"hf-hub:org/name@revision"`` or ``revision=``);
+    * an ``http(s)://`` URL of an ImageBind checkpoint;
+    * an open_clip model alone (image and text only): ``"open_clip:ViT-B-32@laion2b_s34b_b79k"``
+      or ``"open_clip:ViT-B-32"`` with ``pretrained=`` a tag or a local checkpoint.
+
+    Args:
+        source: One of the above.
+        device: Where to put the model.
+        verify: Check weight files against their recorded SHA-256 (skip for very large files).
+        revision: Hub revision (branch, tag or commit).
+        pretrained: open_clip pretrained tag or checkpoint, for ``open_clip:`` sources.
+        modalities: ImageBind checkpoints only: the bound modalities to load (default all).
+
+    Raises:
+        ModelLoadError: one error naming the source and what was expected.
+    """
+    text = str(source)
+    if text.startswith("open_clip:"):
+        return _open_clip_model(text, pretrained, device)
+    from binder.hub import resolve
+
+    resolved = resolve(text, revision=revision, verify=verify)
+    path = resolved.path
+    if resolved.kind == "imagebind" or (path.is_file() and path.suffix in (".pth", ".pt")):
+        from binder.imagebind.load import load_checkpoint
+
+        return load_checkpoint(path, device=device, modalities=modalities)
+    return load_folder(path, device=device, verify=verify)
+
+
+# ----------------------------------------------------------------------------------------------
+# Merging models that share an anchor
+# ----------------------------------------------------------------------------------------------
+
+def merge(*models: "BindModel | str | Path", device: "str | torch.device" = "cpu") -> BindModel:
+    """One model that embeds every modality of ``models`` (models or anything :func:`load` takes).
+
+    The models must share their anchor exactly (same fingerprint of the anchor's weights), so
+    encoders trained separately against it land in the same space.
+
+    Raises:
+        BinderInputError: fewer than two models, different anchors, or a modality bound twice.
+    """
+    if len(models) < 2:
+        raise BinderInputError(f"merge() needs at least two models, got {len(models)}")
+    loaded = [m if isinstance(m, BindModel) else load(m, device=device) for m in models]
+    names = [getattr(m, "name_or_path", None) or f"model {i}" for i, m in enumerate(loaded)]
+    first = loaded[0]
+    for name, m in zip(names[1:], loaded[1:]):
+        if m.anchor.fingerprint() != first.anchor.fingerprint():
+            raise BinderInputError(f"cannot merge {name} into {names[0]}: their anchors differ (fingerprints "
+                                   f"{m.anchor.fingerprint()[:12]} vs {first.anchor.fingerprint()[:12]}); encoders "
+                                   "bound to different anchors do not share an embedding space")
+    owner: Dict[str, str] = {}
+    for name, m in zip(names, loaded):
+        for modality in m.bound_modalities:
+            if modality in owner:
+                raise BinderInputError(f"{modality} is bound in both {owner[modality]} and {name}; merge models "
+                                       "with different modalities")
+            owner[modality] = name
+    merged = type(first)(first.anchor, {mod: cfg for m in loaded for mod, cfg in m.configs.items()})
+    state = {k: v for m in loaded for k, v in m.state_dict().items() if not k.startswith("anchor.")}
+    merged.load_state_dict(state, strict=False)
+    return merged.to(device).eval()
+
+
+def modalities_of(path: "str | Path") -> List[str]:
+    """The bound modalities recorded in a saved model folder (without loading it)."""
+    return list(read_config(Path(path))["modalities"])

@@ -2,12 +2,14 @@
 
 Trains only the bound encoders and heads against the frozen anchor's embeddings of the paired
 image (or, for the text-paired baseline, caption) with symmetric InfoNCE at each modality's
-fixed temperature. AdamW (betas 0.9/0.95) with warmup + cosine; gradient clipping is the
-Trainer's. Logs ``{stage}/loss/{x}-{target}``, in-batch retrieval accuracy and the lr.
+fixed temperature. Several modalities train in one run, each on its own paired data (a training
+batch is ``{modality: pairs}``; their losses add up, their parameters are disjoint), with
+gradients clipped per modality so that one run equals the separate runs. AdamW (betas 0.9/0.95)
+with warmup + cosine. Logs ``{stage}/loss/{x}-{target}``, in-batch retrieval accuracy and the lr.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import lightning as L
 import torch
@@ -15,11 +17,10 @@ import torch
 from binder.losses import SymmetricInfoNCE
 from binder.model import BindModel
 from binder.optim import OptimConfig, configure_adamw
-from binder.types import Modality
 
 
 class BindingModule(L.LightningModule):
-    """Binds every bound modality of ``model`` present in a batch to ``target``.
+    """Binds every bound modality of ``model`` that a batch holds to ``target``.
 
     Args:
         model: The model; its anchor stays frozen and out of the optimiser and checkpoints.
@@ -27,38 +28,44 @@ class BindingModule(L.LightningModule):
         target: The anchor modality the pairs carry: ``image`` (emergent route) or ``text``.
     """
 
-    def __init__(self, model: BindModel, optim: OptimConfig, target: Modality = Modality.IMAGE) -> None:
+    def __init__(self, model: BindModel, optim: OptimConfig, target: str = "image") -> None:
         super().__init__()
-        self.model, self.optim_cfg, self.target = model, optim, Modality.parse(target)
+        self.model, self.optim_cfg, self.target = model, optim, target
         self.loss = SymmetricInfoNCE()
         self.strict_loading = False  # checkpoints omit the frozen anchor's weights
 
-    def _step(self, batch: Dict[Any, torch.Tensor], stage: str) -> torch.Tensor:
+    def pair_loss(self, modality: str, batch: Dict[str, Any], stage: str) -> torch.Tensor:
+        """InfoNCE of one modality's pairs (logged under ``{stage}/loss/{modality}-{target}``)."""
         target = self.model.encode(self.target, batch[self.target])  # frozen, (N, D)
-        total, bs = 0.0, target.shape[0]
-        for modality in self.model.bound_modalities:
-            if modality not in batch:
-                continue
-            emb = self.model.encode(modality, batch[modality])
-            terms = self.loss(emb, target, self.model.temperature(modality), (modality.value, self.target.value))
-            total = total + terms[f"loss/{modality.value}-{self.target.value}"]
-            for name, value in terms.items():
-                self.log(f"{stage}/{name}", value, batch_size=bs, prog_bar=name.startswith("loss/") and "->" not in name,
-                         sync_dist=stage != "train")
-        if not torch.is_tensor(total):
-            raise ValueError(f"batch has no bound modality; keys {list(batch)}, model binds {self.model.bound_modalities}")
-        self.log(f"{stage}/loss", total, batch_size=bs, sync_dist=stage != "train")
+        emb = self.model.encode(modality, batch[modality])
+        terms = self.loss(emb, target, self.model.temperature(modality), (modality, self.target))
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value, batch_size=target.shape[0], add_dataloader_idx=False,
+                     prog_bar=name.startswith("loss/") and "->" not in name, sync_dist=stage != "train")
+        return terms[f"loss/{modality}-{self.target}"]
+
+    def training_step(self, batch: Dict[str, Optional[Dict[str, Any]]], batch_idx: int) -> Optional[torch.Tensor]:
+        losses = [self.pair_loss(m, sub, "train") for m, sub in batch.items() if sub is not None]
+        if not losses:  # every row of this batch was unreadable (manifest data): skip it
+            return None
+        total = torch.stack(losses).sum()
+        self.log("train/loss", total, batch_size=1)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
         return total
 
-    def training_step(self, batch: Dict[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if batch is None:  # every row of this batch was unreadable (manifest data): skip it
-            return None
-        loss = self._step(batch, "train")
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
-        return loss
+    def validation_step(self, batch: Optional[Dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch is not None:
+            self.pair_loss(self.trainer.datamodule.val_modalities[dataloader_idx], batch, "val")
 
-    def validation_step(self, batch: Dict[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return None if batch is None else self._step(batch, "val")
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        """Clip each modality's gradients on their own (as separate runs would)."""
+        if not gradient_clip_val:
+            return
+        for modality in self.model.bound_modalities:
+            params = self.model.modality_parameters(modality)
+            if params:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def configure_optimizers(self) -> Dict[str, Any]:
         return configure_adamw(self.trainer, [*self.model.encoders.items(), *self.model.heads.items()], self.optim_cfg)

@@ -3,12 +3,14 @@
 Each bound modality is ``encoder -> linear head (bias-free) to the anchor's width -> L2
 normalise``; multi-clip inputs (B, K, ...) are embedded clip by clip and averaged, then
 re-normalised (ImageBind averages clip embeddings likewise). Image and text go through the
-frozen anchor. ``forward`` maps ``{modality: preprocessed tensor}`` to ``{modality: (N, D)}``.
+frozen anchor. ``forward`` maps ``{modality: preprocessed tensor}`` to ``{modality: (N, D)}``;
+modality names are plain strings owned by :mod:`binder.registry`.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
-from typing import Any, Dict, Mapping
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,25 +18,26 @@ from einops import rearrange
 from torch import nn
 
 from binder.anchor import Anchor
+from binder.config import build_dataclass
 from binder.embed import EmbedMixin
 from binder.errors import BinderInputError
-from binder.registry import get_modality
-from binder.types import ANCHOR_MODALITIES, Modality, TensorDict
+from binder.registry import check_modality, get_modality
+from binder.types import ANCHOR_MODALITIES, IMAGE, TEXT, TensorDict, modality_name
 
 
 def config_to_dict(cfg: Any) -> Dict[str, Any]:
     """A modality config dataclass (possibly nested) -> plain JSON-able dict."""
-    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
 
 
-def build_config(modality: Modality, values: Mapping[str, Any]) -> Any:
-    """Instantiate the registered config dataclass of ``modality`` from plain values."""
-    cls = get_modality(modality).config_cls
-    fields = cls.__dataclass_fields__
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise BinderInputError(f"{modality.value} config has unknown keys {unknown}; expected a subset of {sorted(fields)}")
-    return cls(**dict(values))
+def build_config(modality: str, values: Any) -> Any:
+    """The registered config dataclass of ``modality``, validated and built from plain values.
+
+    Raises:
+        BinderConfigError: an unknown key or a value of the wrong type, naming it.
+    """
+    spec = get_modality(modality)
+    return build_dataclass(spec.config_cls, values, f"modality {spec.name!r}")
 
 
 class BindModel(EmbedMixin, nn.Module):
@@ -42,26 +45,26 @@ class BindModel(EmbedMixin, nn.Module):
 
     Args:
         anchor: The frozen image/text pair.
-        configs: ``{modality: config dataclass}`` for each bound (non-anchor) modality.
+        configs: ``{modality name: config dataclass or plain dict}`` for each bound modality.
     """
 
-    def __init__(self, anchor: Anchor, configs: Mapping[Modality, Any]) -> None:
+    def __init__(self, anchor: Anchor, configs: Mapping[str, Any]) -> None:
         super().__init__()
         self.anchor = anchor
-        self.configs: Dict[Modality, Any] = {}
-        self.preprocessors: Dict[Modality, Any] = {}
+        self.configs: Dict[str, Any] = {}
+        self.preprocessors: Dict[str, Any] = {}
         self.encoders = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         for name, cfg in configs.items():
-            self.add_modality(Modality.parse(name), cfg)
+            self.add_modality(name, cfg)
 
-    def add_modality(self, modality: Modality, cfg: Any) -> None:
+    def add_modality(self, modality: str, cfg: Any) -> None:
         """Build the encoder, head and preprocessor of one bound modality from its config."""
+        modality = modality_name(modality)
         if modality in ANCHOR_MODALITIES:
-            raise BinderInputError(f"{modality.value} is served by the anchor and cannot be bound")
+            raise BinderInputError(f"{modality} is served by the anchor and cannot be bound")
         spec = get_modality(modality)
-        if not isinstance(cfg, spec.config_cls):
-            cfg = build_config(modality, cfg)
+        cfg = build_config(modality, cfg)
         encoder = spec.encoder_cls(cfg)
         preprocessor = spec.preprocessor_cls(cfg)
         for part in (encoder, preprocessor):  # e.g. video reuses the frozen anchor's image tower
@@ -69,57 +72,104 @@ class BindModel(EmbedMixin, nn.Module):
                 part.attach_anchor(self.anchor)
         self.configs[modality] = cfg
         self.preprocessors[modality] = preprocessor
-        self.encoders[modality.value] = encoder
+        self.encoders[modality] = encoder
         # An encoder that already outputs anchor-space embeddings (projects_to_anchor) needs no head.
         if getattr(encoder, "projects_to_anchor", False):
-            self.heads[modality.value] = nn.Identity()
+            self.heads[modality] = nn.Identity()
         else:
-            self.heads[modality.value] = nn.Linear(encoder.output_dim, self.anchor.embed_dim, bias=False)
+            self.heads[modality] = nn.Linear(encoder.output_dim, self.anchor.embed_dim, bias=False)
 
     @property
-    def modalities(self) -> list:
+    def modalities(self) -> List[str]:
         """Every modality this model embeds: the anchor's and the bound ones."""
         return [*ANCHOR_MODALITIES, *self.configs]
 
     @property
-    def bound_modalities(self) -> list:
+    def bound_modalities(self) -> List[str]:
         """Modalities with a trainable encoder."""
         return list(self.configs)
 
-    def temperature(self, modality: Modality) -> float:
-        """Fixed InfoNCE temperature of a bound modality."""
-        return float(self.configs[Modality.parse(modality)].temperature)
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return next(self.anchor.parameters()).device
 
-    def encode(self, modality: "Modality | str", x: torch.Tensor) -> torch.Tensor:
+    def temperature(self, modality: str) -> float:
+        """Fixed InfoNCE temperature of a bound modality."""
+        return float(self.configs[modality_name(modality)].temperature)
+
+    def _missing(self, modality: str) -> BinderInputError:
+        return BinderInputError(f"this model has no {modality} encoder; it embeds {self.modalities}")
+
+    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """Embed one preprocessed batch of ``modality`` -> L2-normalised (N, D)."""
-        modality = Modality.parse(modality)
-        if modality is Modality.IMAGE:
+        modality = check_modality(modality) if modality not in self.configs else modality
+        if modality == IMAGE:
             return self.anchor.encode_image(x)
-        if modality is Modality.TEXT:
+        if modality == TEXT:
             return self.anchor.encode_text(x)
         if modality not in self.configs:
-            raise BinderInputError(
-                f"this model has no {modality.value} encoder; it embeds {[m.value for m in self.modalities]}"
-            )
-        encoder = self.encoders[modality.value]
+            raise self._missing(modality)
+        encoder = self.encoders[modality]
         clips = x.ndim == encoder.input_ndim + 1
         if x.ndim not in (encoder.input_ndim, encoder.input_ndim + 1):
-            raise BinderInputError(
-                f"{modality.value} tensor must have {encoder.input_ndim} dims (N, ...) or "
-                f"{encoder.input_ndim + 1} (N, clips, ...), got shape {tuple(x.shape)}"
-            )
+            raise BinderInputError(f"{modality} tensor must have {encoder.input_ndim} dims (N, ...) or "
+                                   f"{encoder.input_ndim + 1} (N, clips, ...), got shape {tuple(x.shape)}")
         n = x.shape[0]
         if clips:
             x = rearrange(x, "n k ... -> (n k) ...")
-        z = F.normalize(self.heads[modality.value](encoder(x)), dim=-1)  # (N * K, D)
+        z = F.normalize(self.heads[modality](encoder(x)), dim=-1)  # (N * K, D)
         if clips:
             z = F.normalize(rearrange(z, "(n k) d -> n k d", n=n).mean(1), dim=-1)  # (N, D)
         return z
 
-    def forward(self, inputs: Mapping[Any, torch.Tensor]) -> TensorDict:
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> TensorDict:
         """``{modality: preprocessed tensor}`` -> ``{modality: (N, D) normalised embeddings}``."""
-        return {Modality.parse(m): self.encode(m, x) for m, x in inputs.items()}
+        return {modality_name(m): self.encode(modality_name(m), x) for m, x in inputs.items()}
 
-    def trainable_parameters(self) -> list:
+    def modality_parameters(self, modality: str) -> List[nn.Parameter]:
+        """Trainable parameters of one bound modality's encoder and head."""
+        parts = (self.encoders[modality], self.heads[modality])
+        return [p for part in parts for p in part.parameters() if p.requires_grad]
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
         """Parameters of the bound encoders and heads (never the anchor's)."""
         return [p for name, p in self.named_parameters() if not name.startswith("anchor.") and p.requires_grad]
+
+    # ----- Hugging Face-style saving and loading ---------------------------------------------
+
+    def save_pretrained(self, save_directory: "str | Path", *, push_to_hub: bool = False,
+                        repo_id: Optional[str] = None, **hub_kwargs: Any) -> Path:
+        """Save to a folder (see :func:`binder.save`); with ``push_to_hub``, also upload it to the
+        Hugging Face Hub repository ``repo_id`` (default: the folder's name)."""
+        from binder.io import save
+
+        path = save(self, save_directory)
+        if push_to_hub:
+            from binder.hub import push_folder_to_hub
+
+            push_folder_to_hub(path, repo_id or path.name, **hub_kwargs)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: "str | Path", **kwargs: Any) -> "BindModel":
+        """Load a model from a folder, ``hf-hub:org/name``, a pretrained name or a checkpoint
+        (everything :func:`binder.load` accepts; keyword arguments go to it)."""
+        from binder.io import load
+
+        model = load(name_or_path, **kwargs)
+        if not isinstance(model, cls):
+            raise BinderInputError(f"{str(name_or_path)!r} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def push_to_hub(self, repo_id: str, *, token: Optional[str] = None, private: bool = False,
+                    commit_message: str = "Upload binder model") -> str:
+        """Save to a temporary folder and upload it to the Hugging Face Hub; returns the URL."""
+        import tempfile
+
+        from binder.hub import push_folder_to_hub
+        from binder.io import save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save(self, Path(tmp) / "model")
+            return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)

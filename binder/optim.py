@@ -15,7 +15,7 @@ from torch import nn
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule settings; mirrored by the ``optim`` node of configs/train.yaml."""
+    """Optimiser and schedule settings (the schema of the ``optim`` node)."""
 
     lr: float = 1.6e-3  # peak learning rate
     weight_decay: float = 0.2  # decoupled weight decay on matrices

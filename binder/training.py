@@ -1,135 +1,232 @@
-"""``train(cfg)``: the testable body behind ``python train.py`` (Hydra entry point).
+"""``train(cfg)``: the testable body behind ``python train.py`` and ``binder train``.
 
-Two tasks: ``bind`` (default) trains one modality's encoder against the frozen anchor, saves the
-model and runs emergent zero-shot evaluation; ``anchor`` trains the offline digits anchor (an
-open_clip CLIP on MNIST captions) and freezes it into open_clip's folder format.
+The Hydra app (:func:`main`) composes ``binder/configs/train.yaml`` and calls the function named by
+``cfg.task``: :func:`bind` by default, which trains every modality listed in ``modality=`` against
+the frozen anchor (ImageBind's recipe, one model for all of them), saves the model and runs the
+emergent zero-shot evaluation; experiments name other tasks (the digits anchor, the supervised
+reference, the five-modality benchmark) from :mod:`binder.recipes`. Paths, the data and every
+config group are checked before anything expensive starts; a user error is one line and a
+non-zero exit status, and ``status.json`` in the run folder says whether the run completed.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import warnings
+import os
+import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
+import hydra
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from binder.anchor import build_anchor
-from binder.data import build_datamodule
-from binder.digits_anchor import ensure_anchor, train_anchor
-from binder.evaluation import format_table, write_metrics, zero_shot
+from binder.config import build_dataclass, check_keys, instantiate, register_configs, to_dict
+from binder.data import build_datamodule, check_data
+from binder.errors import BinderConfigError, BinderError
+from binder.evaluation import EvalConfig, format_table, write_metrics, zero_shot
 from binder.io import load, save
 from binder.lightning import BindingModule
+from binder.logs import quiet_third_party
 from binder.model import BindModel, build_config
-from binder.config import to_dict
 from binder.optim import OptimConfig
-from binder.supervised import SupervisedModule
-from binder.types import Modality
+from binder.registry import get_modality
 
 log = logging.getLogger(__name__)
 
-# The frozen anchor is in eval mode on purpose; Lightning would warn about it on every run.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+STATUS_FILE = "status.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+
+def modalities_of(cfg: DictConfig) -> List[str]:
+    """The bound modalities a run trains (the keys of ``cfg.modality``), each registered."""
+    names = list(cfg.modality.keys()) if cfg.get("modality") else []
+    if not names:
+        raise BinderConfigError("no modality selected: pass modality=<name> (or modality=[audio,depth])")
+    for name in names:
+        get_modality(name)
+    return names
+
+
+def require_one(modalities: List[str], what: str) -> str:
+    """The single modality of a task that trains one."""
+    if len(modalities) != 1:
+        raise BinderConfigError(f"{what} trains one modality at a time, got modality={modalities}")
+    return modalities[0]
+
+
+def optim_config(cfg: DictConfig) -> OptimConfig:
+    """The ``optim`` node as an :class:`OptimConfig`."""
+    return build_dataclass(OptimConfig, cfg.optim, "optim")
+
+
+def anchor_settings(node: Any) -> Dict[str, Any]:
+    """The anchor node without its ``_target_`` and ``build`` keys."""
+    return {k: v for k, v in to_dict(node).items() if k not in ("_target_", "build")}
+
+
+def ensure_anchor(node: Any) -> None:
+    """Run the anchor's ``build`` recipe when its ``pretrained`` checkpoint does not exist yet."""
+    build, pretrained = node.get("build"), node.get("pretrained")
+    if build and pretrained and not Path(os.path.expanduser(str(pretrained))).is_file():
+        log.info("anchor checkpoint %s not found: building it first", pretrained)
+        instantiate(build, "anchor.build").run(anchor_settings(node))
 
 
 def build_model(cfg: DictConfig) -> BindModel:
-    """The anchor (built first if it is the offline default and missing) plus the bound modality,
-    or the saved model named by ``init_from`` (which brings its own anchor) for fine-tuning."""
-    modality = Modality.parse(cfg.modality.name)
+    """The anchor (built first if its recipe says so) plus the run's modalities, or the saved
+    model named by ``init_from`` (which brings its own anchor) for fine-tuning."""
+    configs = {name: build_config(name, node) for name, node in cfg.modality.items()}
     if cfg.get("init_from"):
         model = load(cfg.init_from)
-        if modality not in model.bound_modalities:
-            model.add_modality(modality, build_config(modality, to_dict(cfg.modality)))
+        for name, mod_cfg in configs.items():
+            if name not in model.bound_modalities:
+                model.add_modality(name, mod_cfg)
         log.info("initialised from %s", cfg.init_from)
         return model
-    anchor_cfg = ensure_anchor(cfg.anchor)
-    anchor = build_anchor({k: v for k, v in anchor_cfg.items() if k != "build"})
-    return BindModel(anchor, {modality: build_config(modality, to_dict(cfg.modality))})
+    ensure_anchor(cfg.anchor)
+    node = {k: v for k, v in to_dict(cfg.anchor).items() if k != "build"}
+    anchor = instantiate(node, "anchor")
+    return BindModel(anchor, configs)
+
+
+def _group(cfg: DictConfig, name: str) -> Dict[str, Any]:
+    node = cfg.get(name) or {}
+    return {k: v for k, v in node.items() if v is not None}
+
+
+def check_groups(cfg: DictConfig) -> None:
+    """Check the keys of the trainer, callbacks and logger groups against their targets."""
+    check_keys(cfg.trainer, "trainer", allowed_extra=("callbacks", "logger", "default_root_dir"))
+    for group in ("callbacks", "logger"):
+        for name, node in _group(cfg, group).items():
+            check_keys(node, f"{group}.{name}")
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    """A Lightning Trainer from ``cfg.trainer`` with checkpoints and CSV logs under ``run_dir``."""
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-    return L.Trainer(**to_dict(cfg.trainer), default_root_dir=str(run_dir), callbacks=[ckpt],
-                     logger=CSVLogger(str(run_dir), name="logs"))
+    """The Lightning Trainer of ``cfg.trainer`` with the ``callbacks`` and ``logger`` groups."""
+    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in _group(cfg, "callbacks").items()]
+    loggers = [instantiate(node, f"logger.{name}") for name, node in _group(cfg, "logger").items()]
+    trainer_node = dict(to_dict(cfg.trainer))
+    if trainer_node.get("enable_progress_bar") is None:  # bars only on a terminal, never in log files
+        trainer_node["enable_progress_bar"] = sys.stderr.isatty()
+    return instantiate(trainer_node, "trainer", callbacks=callbacks, logger=loggers or False,
+                       default_root_dir=str(run_dir))
 
 
-def evaluate(model: BindModel, datamodule: Any, modality: Modality, cfg: DictConfig) -> Dict[str, Any]:
+def evaluate(model: BindModel, datamodule: Any, modality: str, cfg: DictConfig) -> Dict[str, Any]:
     """Emergent zero-shot classification of the held-out set against the anchor's class prompts."""
-    if not hasattr(datamodule, "zero_shot_set"):
+    inputs, labels = datamodule.zero_shot_set(modality)
+    if not len(inputs) or not datamodule.classnames:
         return {}
-    inputs, labels = datamodule.zero_shot_set()
-    if not len(inputs):
-        return {}
+    eval_cfg = build_dataclass(EvalConfig, cfg.eval, "eval")
     result = zero_shot(model, modality, inputs, labels, datamodule.classnames, datamodule.templates,
-                       batch_size=cfg.eval.batch_size)
-    route = "text-paired" if cfg.partner == "text" else "emergent"
-    return {f"{modality.value}->text ({route})": result}
+                       batch_size=eval_cfg.batch_size)
+    route = "text-paired" if cfg.target == "text" else "emergent"
+    return {f"{modality}->text ({route})": result}
 
 
-def supervised(cfg: DictConfig) -> Dict[str, Any]:
-    """``partner=label``: the same encoder and recipe with a linear classifier on the labels."""
-    run_dir = Path(cfg.run_dir).resolve()
-    model = build_model(cfg)
-    modality = Modality.parse(cfg.modality.name)
-    datamodule = build_datamodule(cfg.data, model, modality, partner="label")
-    datamodule.setup("fit")
-    module = SupervisedModule(model, modality, len(datamodule.classnames), OptimConfig(**to_dict(cfg.optim)))
-    trainer = make_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if trainer.interrupted:
-        raise KeyboardInterrupt("training was interrupted")
-    rows = {}
-    if not cfg.trainer.get("fast_dev_run"):
-        inputs, labels = datamodule.zero_shot_set()
-        rows[f"{modality.value}->label (supervised)"] = module.accuracy(inputs, labels, cfg.eval.batch_size)
-        log.info("\n%s", format_table(rows, f"Supervised classification of held-out {modality.value} (%)"))
-    metrics = {"modality": modality.value, "partner": "label", "supervised": rows}
-    log.info("metrics: %s", write_metrics(run_dir / "metrics.json", metrics))
-    return metrics
+def header(cfg: DictConfig, modalities: List[str], data: str, run_dir: Path) -> None:
+    """One line on what the run uses and where it writes."""
+    anchor = cfg.get("init_from") or f"{cfg.anchor.get('model')} ({cfg.anchor.get('pretrained') or 'no checkpoint'})"
+    log.info("binder: %s against %s | data: %s | anchor: %s | cache: %s | run: %s", "+".join(modalities), cfg.target,
+             data, anchor, cfg.paths.cache, run_dir)
 
+
+# ----------------------------------------------------------------------------------------------
+# Tasks
+# ----------------------------------------------------------------------------------------------
 
 def bind(cfg: DictConfig) -> Dict[str, Any]:
-    """Train, save and evaluate one bound modality; return the metrics."""
-    if cfg.partner == "label":
-        return supervised(cfg)
+    """Train, save and evaluate every modality of ``cfg.modality`` against ``cfg.target``."""
+    if cfg.target == "label":
+        raise BinderConfigError("target=label trains a classifier, not a binding: use experiment=supervised")
     run_dir = Path(cfg.run_dir).resolve()
+    modalities = modalities_of(cfg)
+    data = check_data(cfg.data, modalities, cfg.target)  # before anything expensive
+    check_groups(cfg)
+    header(cfg, modalities, data, run_dir)
     model = build_model(cfg)
-    modality = Modality.parse(cfg.modality.name)
-    datamodule = build_datamodule(cfg.data, model, modality, partner=cfg.partner)
-    module = BindingModule(model, OptimConfig(**to_dict(cfg.optim)), target=Modality.parse(cfg.partner))
+    datamodule = build_datamodule(cfg.data, model, modalities, cfg.target)
+    module = BindingModule(model, optim_config(cfg), target=cfg.target)
     trainer = make_trainer(cfg, run_dir)
-    trainable = [p for part in (model.encoders[modality.value], model.heads[modality.value]) for p in part.parameters()
-                 if p.requires_grad]
-    if not trainable:  # model has no trainable parameters for this modality (e.g. video mode=pooled)
-        log.info("%s has no trainable parameters: skipping training, evaluating only", modality.value)
-        datamodule.setup("fit")
-    else:
+    if any(model.modality_parameters(m) for m in modalities):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    else:  # nothing to train (e.g. video mode=pooled): evaluate only
+        log.info("%s has no trainable parameters: evaluating only", "+".join(modalities))
+        datamodule.setup("fit")
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; no model was saved")
     model_dir = save(model, run_dir / "model")
-    rows = evaluate(model, datamodule, modality, cfg) if cfg.eval.zero_shot and not cfg.trainer.get("fast_dev_run") else {}
-    metrics = {"modality": modality.value, "partner": cfg.partner, "zero_shot": rows, "model_dir": str(model_dir)}
+    rows: Dict[str, Any] = {}
+    if cfg.eval.zero_shot and not cfg.trainer.get("fast_dev_run"):
+        for m in modalities:
+            rows.update(evaluate(model, datamodule, m, cfg))
+    metrics = {"modalities": modalities, "target": cfg.target, "zero_shot": rows, "model_dir": str(model_dir)}
     metrics_path = write_metrics(run_dir / "metrics.json", metrics)
     if rows:
-        log.info("\n%s", format_table(rows, f"Zero-shot classification of held-out {modality.value} (%)"))
+        log.info("\n%s", format_table(rows, "Zero-shot classification of held-out inputs (%)"))
     log.info("model:   %s", model_dir)
     log.info("metrics: %s", metrics_path)
     return metrics
 
 
-def train(cfg: DictConfig) -> Dict[str, Any]:
-    """Run the task named by ``cfg.task`` (``bind``, ``anchor`` or ``benchmark``)."""
-    L.seed_everything(cfg.seed, workers=True)
-    if cfg.task == "anchor":
-        return train_anchor(cfg.anchor, Path(cfg.run_dir).resolve())
-    if cfg.task == "bind":
-        return bind(cfg)
-    if cfg.task == "benchmark":
-        from binder.benchmark import run_benchmark
+def _status(run_dir: Path, status: str, **extra: Any) -> None:
+    import json
 
-        return run_benchmark(cfg)
-    raise ValueError(f"unknown task {cfg.task!r}; expected 'bind', 'anchor' or 'benchmark'")
+    from binder.files import atomic_write
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"status": status, "time": dt.datetime.now().isoformat(timespec="seconds"), **extra}
+    atomic_write(run_dir / STATUS_FILE, json.dumps(record, indent=2))
+
+
+def train(cfg: DictConfig) -> Dict[str, Any]:
+    """Run the task named by ``cfg.task`` (a dotted function path, default :func:`bind`);
+    ``status.json`` in the run folder records running / completed / failed / interrupted."""
+    from hydra.utils import get_method
+
+    run_dir = Path(cfg.run_dir).resolve()
+    try:
+        task = get_method(cfg.task)
+    except Exception as err:
+        raise BinderConfigError(f"task={cfg.task!r} is not an importable function: {err}") from None
+    _status(run_dir, "running", task=cfg.task)
+    try:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        metrics = task(cfg)
+    except KeyboardInterrupt:
+        _status(run_dir, "interrupted", task=cfg.task)
+        raise
+    except BaseException as err:
+        _status(run_dir, "failed", task=cfg.task, error=f"{type(err).__name__}: {err}")
+        raise
+    _status(run_dir, "completed", task=cfg.task)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The Hydra app
+# ----------------------------------------------------------------------------------------------
+
+@hydra.main(version_base="1.3", config_path="pkg://binder.configs", config_name="train")
+def _hydra_app(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except BinderError as err:  # a user error: one line and a non-zero exit status, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """``python train.py ...`` / ``binder train ...``: Hydra overrides on the command line."""
+    quiet_third_party()
+    try:
+        register_configs()
+    except BinderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_app()

@@ -1,53 +1,55 @@
-"""Core types shared across binder: the :class:`Modality` enum and small aliases.
+"""Modality names: plain strings owned by the registry.
 
-Modalities follow ImageBind (Girdhar et al., CVPR 2023, arXiv 2305.05665): image and text are
-served by the frozen anchor, every other modality is bound to the anchor's image space.
+ImageBind (Girdhar et al., CVPR 2023, arXiv 2305.05665) serves image and text from a frozen
+anchor and binds every other modality to the anchor's image space. In binder a modality is a
+lower-case name (``"audio"``, ``"tactile"``); image and text belong to the anchor, every other
+name belongs to whichever module registered it (:mod:`binder.registry`), built-in or plugin.
+:class:`Modality` only offers constants for the built-in names, like timm's model names.
 """
 from __future__ import annotations
 
-from enum import Enum
-from typing import Dict, Mapping
+import re
+from typing import Any, Dict
 
 import torch
 
 from binder.errors import BinderInputError
 
+IMAGE, TEXT = "image", "text"
+ANCHOR_MODALITIES = (IMAGE, TEXT)
+"""Modalities encoded by the frozen anchor rather than a trained encoder."""
 
-class Modality(str, Enum):
-    """Every modality binder knows by name. Values are the lower-case strings used in configs."""
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+"""What a modality name looks like: lower-case letters, digits and underscores."""
 
-    IMAGE = "image"
-    TEXT = "text"
+
+class Modality:
+    """Constants for the built-in modality names. Any registered name is a modality as well:
+    these are conveniences, never a closed set (``"tactile"`` works wherever ``"audio"`` does)."""
+
+    IMAGE = IMAGE
+    TEXT = TEXT
     AUDIO = "audio"
     DEPTH = "depth"
     THERMAL = "thermal"
     IMU = "imu"
     VIDEO = "video"
 
-    __hash__ = str.__hash__  # so d["audio"] finds d[Modality.AUDIO]
 
-    def __str__(self) -> str:  # so f-strings and log keys read "audio", not "Modality.AUDIO"
-        return self.value
+def modality_name(name: Any) -> str:
+    """Normalise a modality name (``" Audio"`` -> ``"audio"``) and check its form.
 
-    @classmethod
-    def parse(cls, name: "str | Modality") -> "Modality":
-        """Return the member for ``name``; raise a clear error for unknown names."""
-        if isinstance(name, Modality):
-            return name
-        try:
-            return cls(str(name).lower())
-        except ValueError:
-            known = ", ".join(m.value for m in cls)
-            raise BinderInputError(f"unknown modality {name!r}; expected one of: {known}") from None
-
-
-ANCHOR_MODALITIES = (Modality.IMAGE, Modality.TEXT)
-"""Modalities encoded by the frozen anchor rather than a trained encoder."""
-
-TensorDict = Dict[Modality, torch.Tensor]
-"""A batch, model output or loss input keyed by modality."""
+    Raises:
+        BinderInputError: ``name`` is not a string of lower-case letters, digits and underscores.
+    """
+    if not isinstance(name, str):
+        raise BinderInputError(f"a modality name must be a string such as 'audio', got {type(name).__name__} {name!r}")
+    value = name.strip().lower()
+    if not NAME.match(value):
+        raise BinderInputError(f"{name!r} is not a modality name: expected lower-case letters, digits and "
+                               "underscores, starting with a letter (e.g. 'audio', 'point_cloud')")
+    return value
 
 
-def as_modality_dict(data: Mapping) -> dict:
-    """Re-key a mapping whose keys are modality names (strings or enums) by :class:`Modality`."""
-    return {Modality.parse(k): v for k, v in data.items()}
+TensorDict = Dict[str, torch.Tensor]
+"""A batch, model output or loss input keyed by modality name."""

@@ -18,14 +18,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from binder.errors import BinderInputError
-from binder.types import Modality
-from binder_datasets.fsdd import Recording, list_recordings
-from binder_datasets.instances import RENDERERS, InstancePairs, get_renderer, render_fixed
-from binder_datasets.mnist import load_mnist
-from binder_datasets.paths import data_root
+from binder.config import build_dataclass
+from binder.data import PairedDataModule
+from binder.errors import BinderConfigError, BinderInputError
+from binder.logs import progress
+from binder.registry import get_modality, list_modalities, resolve_ref
+from binder.types import IMAGE, TEXT
+from binder.datasets.fsdd import Recording, list_recordings
+from binder.datasets.instances import InstancePairs, render_fixed
+from binder.datasets.mnist import load_mnist
+from binder.datasets.paths import data_root
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,9 @@ TEMPLATES = [
 
 @dataclass
 class DigitsConfig:
-    """Splits and loader settings for the digits world; mirrored by configs/data/digits.yaml."""
+    """Splits and loader settings for the digits world (the schema of ``data=digits``)."""
 
+    _target_: str = "binder.datasets.digits.DigitsDataModule"
     root: Optional[str] = None  # data root holding fsdd/ and mnist/; None -> $BINDER_DATA or ../shared/data
     mnist_split: str = "t10k"  # which MNIST IDX files to read
     mnist_test_from: int = 8000  # MNIST instances with index >= this are held out
@@ -65,10 +69,14 @@ class DigitsConfig:
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # seed of the fixed validation pairing and of the held-out renders
     epoch_size: int = 2000  # rendered modalities: training pairs per epoch (fresh renders each read)
+    augment: bool = True  # each modality's train-time augmentation
 
     def __post_init__(self) -> None:
         if self.holdout not in ("takes", "speakers"):
-            raise BinderInputError(f"data.holdout must be 'takes' or 'speakers', got {self.holdout!r}")
+            raise BinderConfigError(f"data.holdout must be 'takes' or 'speakers', got {self.holdout!r}")
+        if self.batch_size < 1 or self.epoch_size < 1 or self.num_workers < 0:
+            raise BinderConfigError(f"data.batch_size and data.epoch_size must be >= 1 and num_workers >= 0, got "
+                                    f"{self.batch_size}, {self.epoch_size}, {self.num_workers}")
 
 
 class DigitsWorld:
@@ -127,7 +135,7 @@ class PairedDigits(Dataset):
     """
 
     def __init__(
-        self, modality: Modality, inputs: List[torch.Tensor], labels: np.ndarray, partner: str,
+        self, modality: str, inputs: List[torch.Tensor], labels: np.ndarray, partner: str,
         images: Optional[torch.Tensor] = None, image_labels: Optional[np.ndarray] = None,
         captions: Optional[torch.Tensor] = None, augment: Optional[Callable] = None,
         fixed_seed: Optional[int] = None,
@@ -162,46 +170,47 @@ class PairedDigits(Dataset):
         label = int(self.labels[i])
         item = {self.modality: x, "label": label}
         if self.partner == "image":
-            item[Modality.IMAGE] = self.images[j]
+            item[IMAGE] = self.images[j]
         elif self.partner == "text":
-            item[Modality.TEXT] = self.captions[j, label]
+            item[TEXT] = self.captions[j, label]
         return item
 
 
-def _fsdd_source(world: DigitsWorld, split: str, preprocessor: Callable) -> tuple:
-    """Audio items of the digits world: real FSDD recordings, one centred clip each."""
-    recs = world.recordings_of(split)
-    items = [preprocessor(r.path, num_clips=1) for r in tqdm(recs, desc=f"audio {split}", leave=False)]
-    return items, np.array([r.digit for r in recs]), [str(r.path) for r in recs]
+class DigitsDataModule(PairedDataModule):
+    """(X, image), (X, caption) or (X, label) pairs of the digits world for each bound modality.
 
-
-SOURCES: Dict[Modality, Callable] = {Modality.AUDIO: _fsdd_source}
-"""How the digits world produces raw items of each modality for a split: (items, labels, ids)."""
-
-
-class DigitsDataModule(L.LightningDataModule):
-    """(X, image) or (X, caption) pairs of the digits world for one bound modality.
-
-    Args:
-        cfg: Split and loader settings.
-        modality: The bound modality X (must have a digits source).
-        preprocessor: The modality's preprocessor (raw item -> model tensor).
-        anchor: The frozen anchor, for its image transform and tokenizer.
-        partner: ``image`` (ImageBind's emergent route) or ``text`` (the text-paired baseline).
-        augment: Optional train-time augmentation of X.
+    Modalities the digits world records (audio: real spoken digits) are paired with a random MNIST
+    image of their class; modalities it renders (``ModalitySpec.render``) are rendered from one
+    MNIST instance and paired with that same instance. Any registered modality with either hook
+    works, plugins included.
     """
 
-    def __init__(self, cfg: DigitsConfig, modality: Modality, preprocessor: Callable, anchor: Any,
-                 partner: str = "image", augment: Optional[Callable] = None) -> None:
-        super().__init__()
-        if modality not in SOURCES and modality not in RENDERERS:
-            known = [m.value for m in [*SOURCES, *RENDERERS]]
-            raise BinderInputError(f"the digits world has no {modality.value} data; it has {known}")
-        if partner not in ("image", "text", "label"):
-            raise BinderInputError(f"partner must be 'image', 'text' or 'label', got {partner!r}")
-        self.cfg, self.modality, self.preprocessor = cfg, modality, preprocessor
-        self.anchor, self.partner, self.augment = anchor, partner, augment
+    Config = DigitsConfig
+
+    def __init__(self, model: Any, modalities: Sequence[str], target: str = "image", **options: Any) -> None:
+        super().__init__(model, modalities, target, **options)
+        for m in self.modalities:
+            if not get_modality(m).has_digits:
+                raise BinderConfigError(f"the digits world has no {m} data; it has {digits_modalities()} "
+                                        "(use data=manifest for your own pairs)")
         self.world: Optional[DigitsWorld] = None
+        self.test_items: Dict[str, list] = {}
+        self.test_labels: Dict[str, np.ndarray] = {}
+
+    @classmethod
+    def check(cls, options: Dict[str, Any], modalities: Sequence[str], target: str) -> str:
+        cfg = build_dataclass(DigitsConfig, options, "data")
+        root = data_root(cfg.root)
+        for folder in ("mnist", "fsdd"):
+            if folder == "fsdd" and not any(get_modality(m).recordings for m in modalities):
+                continue
+            if not (root / folder).is_dir():
+                raise BinderConfigError(f"data root {str(root)!r} has no {folder}/ folder; set data.root or BINDER_DATA "
+                                        "to a folder with mnist/ and fsdd/ (python -m binder.datasets.download --root DIR)")
+        missing = [m for m in modalities if not get_modality(m).has_digits]
+        if missing:
+            raise BinderConfigError(f"the digits world has no {missing} data; it has {digits_modalities()}")
+        return f"digits world at {root}"
 
     @property
     def classnames(self) -> List[str]:
@@ -215,53 +224,62 @@ class DigitsDataModule(L.LightningDataModule):
         if self.world is not None:
             return
         self.world = DigitsWorld(self.cfg)
-        captions = tokenize_prompts(self.anchor.tokenize, CLASSNAMES, TEMPLATES) if self.partner == "text" else None
-        for split in ("train", "test"):
-            idx = self.world.image_indices(split)
-            images = preprocess_images(self.world, idx, self.anchor.preprocess_image) if self.partner == "image" else None
-            make = self._rendered_split if self.modality in RENDERERS else self._recorded_split
-            ds, raw, labels = make(split, idx, images, captions)
-            setattr(self, f"{split}_set", ds)
-            if split == "test":
-                self.test_ids, self.test_labels = raw, labels
-        log.info("digits %s: %d train / %d test pairs", self.modality.value, len(self.train_set), len(self.test_set))
+        captions = tokenize_prompts(self.anchor.tokenize, CLASSNAMES, TEMPLATES) if self.target == TEXT else None
+        images = {split: preprocess_images(self.world, self.world.image_indices(split), self.anchor.preprocess_image)
+                  for split in ("train", "test")} if self.target == IMAGE else {}
+        for m in self.modalities:
+            for split in ("train", "test"):
+                make = self._recorded_split if get_modality(m).recordings else self._rendered_split
+                ds = make(m, split, images.get(split), captions)
+                (self.train_sets if split == "train" else self.val_sets)[m] = ds
+            log.info("digits %s: %d train / %d test pairs", m, len(self.train_sets[m]), len(self.val_sets[m]))
 
-    def _recorded_split(self, split: str, idx: np.ndarray, images: Optional[torch.Tensor],
-                        captions: Optional[torch.Tensor]) -> tuple:
-        """Real recordings (audio) paired with a random image of their class."""
-        items, labels, raw = SOURCES[self.modality](self.world, split, self.preprocessor)
-        ds = PairedDigits(
-            self.modality, items, labels, self.partner, images=images, image_labels=self.world.labels[idx],
-            captions=captions, augment=self.augment if split == "train" else None,
-            fixed_seed=None if split == "train" else self.cfg.seed,
-        )
-        return ds, raw, labels
+    def _recorded_split(self, modality: str, split: str, images: Optional[torch.Tensor],
+                        captions: Optional[torch.Tensor]) -> Dataset:
+        """Recordings (audio) paired with a random image of their class."""
+        raw, labels = resolve_ref(get_modality(modality).recordings)(self.world, split)
+        pre = self.preprocessors[modality]
+        items = [pre(r, num_clips=1) for r in progress(raw, f"{modality} {split}")]
+        if split == "test":
+            self.test_items[modality], self.test_labels[modality] = list(raw), np.asarray(labels)
+        return PairedDigits(
+            modality, items, labels, self.target, images=images,
+            image_labels=self.world.labels[self.world.image_indices(split)], captions=captions,
+            augment=self.augments[modality] if split == "train" else None,
+            fixed_seed=None if split == "train" else self.cfg.seed)
 
-    def _rendered_split(self, split: str, idx: np.ndarray, images: Optional[torch.Tensor],
-                        captions: Optional[torch.Tensor]) -> tuple:
+    def _rendered_split(self, modality: str, split: str, images: Optional[torch.Tensor],
+                        captions: Optional[torch.Tensor]) -> Dataset:
         """X rendered from each MNIST instance, paired with that same instance."""
-        render = get_renderer(self.modality)
+        render = resolve_ref(get_modality(modality).render)
+        idx = self.world.image_indices(split)
         digits, labels = self.world.images[idx], self.world.labels[idx]
         fixed = None
         if split == "test":
-            fixed = render_fixed(render, tqdm(digits, desc=f"render {self.modality.value} test", leave=False), self.cfg.seed)
-        ds = InstancePairs(
-            self.modality, digits, labels, render, self.preprocessor, self.partner, images=images,
-            captions=captions, augment=self.augment if split == "train" else None, fixed=fixed,
-            epoch_size=self.cfg.epoch_size,
-        )
-        return ds, fixed, labels
+            fixed = render_fixed(render, progress(digits, f"render {modality} test"), self.cfg.seed)
+            self.test_items[modality], self.test_labels[modality] = fixed, np.asarray(labels)
+        return InstancePairs(
+            modality, digits, labels, render, self.preprocessors[modality], self.target, images=images,
+            captions=captions, augment=self.augments[modality] if split == "train" else None, fixed=fixed,
+            epoch_size=self.cfg.epoch_size)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+    def train_dataloader(self) -> Dict[str, DataLoader]:
+        return {m: DataLoader(self.train_sets[m], batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
+                              num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+                for m in self.modalities}
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=self.cfg.batch_size * 2, num_workers=self.cfg.num_workers)
+    def val_dataloader(self) -> List[DataLoader]:
+        return [DataLoader(self.val_sets[m], batch_size=self.cfg.batch_size * 2, num_workers=self.cfg.num_workers)
+                for m in self.val_modalities]
 
-    def zero_shot_set(self) -> tuple:
+    def zero_shot_set(self, modality: str) -> tuple:
         """Held-out raw inputs (file paths or rendered items) and labels for zero-shot evaluation."""
-        return list(self.test_ids), np.asarray(self.test_labels)
+        return list(self.test_items[modality]), np.asarray(self.test_labels[modality])
+
+
+def digits_modalities() -> List[str]:
+    """Registered modalities the digits world can produce."""
+    return [m for m in list_modalities() if get_modality(m).has_digits]
 
 
 class CaptionedDigits(Dataset):
@@ -282,7 +300,7 @@ class CaptionedDigits(Dataset):
         if self.augment is not None:
             img = self.augment(img)
         t = random.randrange(self.captions.shape[0])
-        return {Modality.IMAGE: self.preprocess(img), Modality.TEXT: self.captions[t, label], "label": label}
+        return {IMAGE: self.preprocess(img), TEXT: self.captions[t, label], "label": label}
 
 
 class DigitsCaptionDataModule(L.LightningDataModule):

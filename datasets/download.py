@@ -14,7 +14,7 @@ Every file is written to a temporary name next to its target, verified against a
 hard-coded below, then renamed into place; a mismatch raises :class:`BinderInputError` and leaves
 nothing behind. Files already present and verified are not downloaded again. Usage::
 
-    python -m binder_datasets.download --root DIR
+    python -m binder.datasets.download --root DIR
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from binder.errors import BinderInputError
 
-log = logging.getLogger("binder_datasets.download")  # stable name, also under `python -m`
+log = logging.getLogger("binder.datasets.download")  # stable name, also under `python -m`
 
 MNIST_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -168,7 +168,7 @@ def download_mnist(root: str | Path, base_url: str | None = None,
         timeout: seconds to wait for the server on each network operation.
 
     Returns:
-        The folder ``root/mnist``, readable by :func:`binder_datasets.mnist.load_mnist`.
+        The folder ``root/mnist``, readable by :func:`binder.datasets.mnist.load_mnist`.
 
     Raises:
         BinderInputError: a downloaded file does not match its hard-coded SHA-256.
@@ -317,7 +317,7 @@ def download_fsdd(root: str | Path, url: str | None = None, timeout: float = DEF
         timeout: seconds to wait for the server on each network operation.
 
     Returns:
-        The folder ``root/fsdd``, readable by :func:`binder_datasets.fsdd.list_recordings`.
+        The folder ``root/fsdd``, readable by :func:`binder.datasets.fsdd.list_recordings`.
 
     Raises:
         BinderInputError: the archive is malformed, unsafe, or its recordings do not verify.
@@ -353,9 +353,10 @@ def download_all(root: str | Path, mnist_base_url: str | None = None, fsdd_url: 
     return Path(root).expanduser()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m binder_datasets.download --root DIR``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m binder_datasets.download",
+def main(argv: Sequence[str] | None = None, prog: str = "python -m binder.datasets.download") -> int:
+    """Command line: ``binder download --root DIR`` (or ``python -m binder.datasets.download``);
+    returns the exit status."""
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Download and verify MNIST (test set) and FSDD.")
     parser.add_argument("--root", required=True, type=Path, help="data root to fill (mnist/, fsdd/)")
     parser.add_argument("--base-url-mnist", default=None, help="MNIST mirror folder URL")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Any, List, Tuple
+
+import numpy as np
 
 from binder.errors import BinderInputError
 
@@ -35,3 +37,10 @@ def list_recordings(root: "str | Path") -> List[Recording]:
     if not recs:
         raise BinderInputError(f"FSDD folder {str(folder)!r} holds no {{digit}}_{{speaker}}_{{take}}.wav files")
     return recs
+
+
+def digits_recordings(world: Any, split: str) -> Tuple[List[Path], np.ndarray]:
+    """The digits world's audio (``ModalitySpec.recordings`` of audio): the FSDD recordings of
+    ``split`` (held out by take or speaker, see ``DigitsConfig``) and their digits."""
+    recs = world.recordings_of(split)
+    return [r.path for r in recs], np.array([r.digit for r in recs])

@@ -1,7 +1,8 @@
 """Synthetic sensor views of MNIST instances: the digits world for depth, thermal, IMU and video.
 
 Each non-audio modality X is *rendered* from one MNIST instance by a documented physical process
-(``binder_datasets.render_<modality>``), and its partner image is that same instance, as in
+(the ``render`` of its :class:`~binder.registry.ModalitySpec`; binder's are
+``binder.datasets.render_<modality>``), and its partner image is that same instance, as in
 ImageBind's naturally paired data (a depth map and the RGB frame it was captured with). The
 class reaches X only through the digit's shape; the renderers randomise everything else
 (pose, noise, polarity, speed) on every read, so training never sees the same X twice.
@@ -13,7 +14,6 @@ array), so evaluation runs the public ``model.embed`` path on exactly these item
 """
 from __future__ import annotations
 
-import importlib
 import random
 from typing import Any, Callable, Dict, List, Optional
 
@@ -22,23 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from binder.errors import BinderInputError
-from binder.types import Modality
-
-RENDERERS: Dict[Modality, str] = {
-    Modality.DEPTH: "binder_datasets.render_depth:render",
-    Modality.THERMAL: "binder_datasets.render_thermal:render",
-    Modality.IMU: "binder_datasets.render_imu:render",
-    Modality.VIDEO: "binder_datasets.render_video:render",
-}
-"""Where each synthetic modality's renderer lives (imported on first use)."""
-
-
-def get_renderer(modality: Modality) -> Callable[[np.ndarray, np.random.Generator], Any]:
-    """The renderer of ``modality`` (raises BinderInputError if it has none)."""
-    if modality not in RENDERERS:
-        raise BinderInputError(f"the digits world renders no {modality.value} data; it renders {[m.value for m in RENDERERS]}")
-    module, name = RENDERERS[modality].split(":")
-    return getattr(importlib.import_module(module), name)
+from binder.types import IMAGE, TEXT
 
 
 def item_rng(seed: int, index: int) -> np.random.Generator:
@@ -68,7 +52,7 @@ class InstancePairs(Dataset):
         epoch_size: Pairs per epoch when rendering afresh; each read picks a random instance.
     """
 
-    def __init__(self, modality: Modality, digits: np.ndarray, labels: np.ndarray, render: Callable,
+    def __init__(self, modality: str, digits: np.ndarray, labels: np.ndarray, render: Callable,
                  preprocessor: Callable, partner: str, images: Optional[torch.Tensor] = None,
                  captions: Optional[torch.Tensor] = None, augment: Optional[Callable] = None,
                  fixed: Optional[List[Any]] = None, epoch_size: Optional[int] = None) -> None:
@@ -94,7 +78,8 @@ class InstancePairs(Dataset):
         label = int(self.labels[j])
         item: Dict[Any, Any] = {self.modality: x, "label": label}
         if self.partner == "image":
-            item[Modality.IMAGE] = self.images[j]
+            item[IMAGE] = self.images[j]
         elif self.partner == "text":
-            item[Modality.TEXT] = self.captions[random.randrange(self.captions.shape[0]) if self.fixed is None else i % self.captions.shape[0], label]
+            t = random.randrange(self.captions.shape[0]) if self.fixed is None else i % self.captions.shape[0]
+            item[TEXT] = self.captions[t, label]
         return item

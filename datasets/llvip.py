@@ -25,14 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from binder.errors import BinderInputError
-from binder.types import Modality
-from binder_datasets.manifest import collate_skipping
-from binder_datasets.paths import data_root
+from binder.config import build_dataclass
+from binder.data import PairedDataModule
+from binder.errors import BinderConfigError, BinderInputError
+from binder.types import IMAGE
+from binder.datasets.manifest import collate_skipping
+from binder.datasets.paths import data_root
+
+THERMAL = "thermal"
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +45,20 @@ Pair = Tuple[Path, Path]  # (infrared file, visible file)
 
 @dataclass
 class LLVIPConfig:
-    """Mirrors configs/data/llvip.yaml."""
+    """LLVIP's aligned visible/infrared pairs (the schema of ``data=llvip``)."""
 
+    _target_: str = "binder.datasets.llvip.LLVIPDataModule"
     root: Optional[str] = None  # folder with visible/ and infrared/; None -> <data root>/llvip-samples
     val_fraction: float = 0.2  # flat layout: share of file names held out (by CRC32 of the name)
     validate: bool = True  # decode every pair once up front (else only check that both files exist)
     batch_size: int = 32  # pairs per training batch
     max_val_batch: int = 512  # the validation set is one batch up to this size (recall@1 over all of it)
     num_workers: int = 0  # DataLoader workers
+    augment: bool = True  # the thermal train-time augmentation
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
-            raise BinderInputError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise BinderConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 def llvip_root(explicit: Optional[str] = None) -> Path:
@@ -118,7 +123,7 @@ class ThermalImagePairs(Dataset):
             x = self.preprocessor(ir, train=self.train)  # (1, 1, S, S)
             if self.augment is not None:
                 x = self.augment(x[0].clone())[None]
-            return {Modality.THERMAL: x, Modality.IMAGE: self.anchor.preprocess_image(vis)}
+            return {THERMAL: x, IMAGE: self.anchor.preprocess_image(vis)}
         except BinderInputError as err:
             if not self.failures[ir.name]:
                 log.warning("skipping LLVIP pair %s: %s", ir.name, err)
@@ -145,19 +150,26 @@ def usable_pairs(pairs: Sequence[Pair], preprocessor: Callable, anchor: Any, dec
     return good, reasons
 
 
-class LLVIPDataModule(L.LightningDataModule):
+class LLVIPDataModule(PairedDataModule):
     """(thermal, image) pairs of LLVIP for binding thermal to the anchor's image space."""
 
-    def __init__(self, cfg: LLVIPConfig, modality: Modality, preprocessor: Callable, anchor: Any,
-                 partner: str = "image", augment: Optional[Callable] = None) -> None:
-        super().__init__()
-        if Modality.parse(modality) is not Modality.THERMAL:
-            raise BinderInputError(f"LLVIP holds thermal/image pairs; it cannot train {Modality.parse(modality).value}")
-        if partner != "image":
-            raise BinderInputError(f"LLVIP has no captions or labels: partner must be 'image', got {partner!r}")
-        self.cfg, self.preprocessor, self.anchor, self.augment = cfg, preprocessor, anchor, augment
+    Config = LLVIPConfig
+    targets = (IMAGE,)
+
+    def __init__(self, model: Any, modalities: Sequence[str], target: str = "image", **options: Any) -> None:
+        super().__init__(model, modalities, target, **options)
+        if self.modalities != [THERMAL]:
+            raise BinderConfigError(f"LLVIP holds thermal/image pairs; it cannot train {self.modalities}")
         self.train_pairs: Optional[List[Pair]] = None
         self.skipped: Counter = Counter()
+
+    @classmethod
+    def check(cls, options: Dict[str, Any], modalities: Sequence[str], target: str) -> str:
+        cfg = build_dataclass(LLVIPConfig, options, "data")
+        if list(modalities) != [THERMAL] or target != IMAGE:
+            raise BinderConfigError(f"data=llvip pairs thermal with images: use modality=thermal target=image, "
+                                    f"not modality={list(modalities)} target={target}")
+        return f"LLVIP at {llvip_root(cfg.root)}"
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_pairs is not None:
@@ -165,29 +177,30 @@ class LLVIPDataModule(L.LightningDataModule):
         root = llvip_root(self.cfg.root)
         train, val, unpaired = find_pairs(root, self.cfg.val_fraction)
         total = len(train) + len(val)
-        self.train_pairs, r1 = usable_pairs(train, self.preprocessor, self.anchor, self.cfg.validate)
-        self.val_pairs, r2 = usable_pairs(val, self.preprocessor, self.anchor, self.cfg.validate)
+        pre = self.preprocessors[THERMAL]
+        self.train_pairs, r1 = usable_pairs(train, pre, self.anchor, self.cfg.validate)
+        self.val_pairs, r2 = usable_pairs(val, pre, self.anchor, self.cfg.validate)
         self.skipped = r1 + r2 + (Counter({"unpaired file": unpaired}) if unpaired else Counter())
         if not self.train_pairs:
-            raise BinderInputError(
-                f"LLVIP root {str(root)!r}: no usable training pair out of {total} paired names "
-                f"({dict(self.skipped) or 'no pairs found'})"
-            )
-        self.train_set = ThermalImagePairs(self.train_pairs, self.preprocessor, self.anchor, True, self.augment)
-        self.val_set = ThermalImagePairs(self.val_pairs, self.preprocessor, self.anchor, False)
-        log.info("LLVIP %s: %d train / %d val pairs; skipped %s", root, len(self.train_set), len(self.val_set),
+            raise BinderInputError(f"LLVIP root {str(root)!r}: no usable training pair out of {total} paired names "
+                                   f"({dict(self.skipped) or 'no pairs found'})")
+        self.train_sets[THERMAL] = ThermalImagePairs(self.train_pairs, pre, self.anchor, True, self.augments[THERMAL])
+        self.val_sets[THERMAL] = ThermalImagePairs(self.val_pairs, pre, self.anchor, False)
+        log.info("LLVIP %s: %d train / %d val pairs; skipped %s", root, len(self.train_pairs), len(self.val_pairs),
                  dict(self.skipped) or "none")
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
-                          drop_last=len(self.train_set) > self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                          collate_fn=collate_skipping)
+    def train_dataloader(self) -> Dict[str, DataLoader]:
+        ds = self.train_sets[THERMAL]
+        return {THERMAL: DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True,
+                                    drop_last=len(ds) > self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                    collate_fn=collate_skipping)}
 
     def val_dataloader(self) -> List[DataLoader]:
         if not self.val_pairs:
             return []
-        size = max(1, min(len(self.val_set), self.cfg.max_val_batch))
-        return DataLoader(self.val_set, batch_size=size, num_workers=self.cfg.num_workers, collate_fn=collate_skipping)
+        size = max(1, min(len(self.val_pairs), self.cfg.max_val_batch))
+        return [DataLoader(self.val_sets[THERMAL], batch_size=size, num_workers=self.cfg.num_workers,
+                           collate_fn=collate_skipping)]
 
 
 @torch.no_grad()
@@ -195,7 +208,7 @@ def recall_at_k(model: Any, pairs: Sequence[Pair], ks: Sequence[int] = (1, 5), b
     """Thermal -> image retrieval recall@k (percent) over ``pairs`` with ``model.embed``."""
     emb = model.embed(batch_size=batch_size, progress=False, thermal=[str(ir) for ir, _ in pairs],
                       image=[str(vis) for _, vis in pairs])
-    sims = emb[Modality.THERMAL] @ emb[Modality.IMAGE].T  # (N, N)
+    sims = emb[THERMAL] @ emb[IMAGE].T  # (N, N)
     ranks = (sims > sims.diagonal()[:, None]).sum(-1)  # images scored above the true partner
     out = {"n": len(pairs), "chance@1": 100.0 / max(1, len(pairs))}
     out.update({f"recall@{k}": 100.0 * (ranks < k).float().mean().item() for k in ks})

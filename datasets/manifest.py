@@ -1,9 +1,10 @@
 """Users' own paired data from a manifest file: one row per (image, X) pair.
 
-CSV (with a header) or JSON lines, columns ``image`` and the bound modality's name (e.g.
-``audio``), optional ``id`` and ``label``. Relative paths are resolved against the manifest's
-folder. Rows whose files are missing or unreadable are counted, reported and skipped, never
-fatal; a manifest with no usable row is an error.
+CSV (with a header) or JSON lines, columns ``image`` and one column per bound modality, named
+after it (``audio``, ``depth``, or a plugin's ``tactile``), optional ``id`` and ``label``. A run
+that binds several modalities uses, for each, the rows that fill its column. Relative paths are
+resolved against the manifest's folder. Rows whose files are missing or unreadable are counted,
+reported and skipped, never fatal; a manifest with no usable row is an error.
 """
 from __future__ import annotations
 
@@ -14,24 +15,26 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, default_collate
-from tqdm.auto import tqdm
 
-from binder.errors import BinderInputError
-from binder.types import Modality
+from binder.config import build_dataclass
+from binder.data import PairedDataModule
+from binder.errors import BinderConfigError, BinderInputError
+from binder.logs import progress
+from binder.types import IMAGE, TEXT
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ManifestConfig:
-    """Mirrors configs/data/manifest.yaml."""
+    """Your own pairs from a manifest file (the schema of ``data=manifest``)."""
 
-    path: str = "???"  # CSV or .jsonl manifest
+    _target_: str = "binder.datasets.manifest.ManifestDataModule"
+    path: str = "???"  # CSV (with a header) or .jsonl manifest: required
     val_path: Optional[str] = None  # held-out manifest; else val_fraction of the rows
     val_fraction: float = 0.1  # rows held out when val_path is not given
     classnames: Optional[List[str]] = None  # names for integer labels (zero-shot evaluation)
@@ -41,13 +44,15 @@ class ManifestConfig:
     batch_size: int = 64  # pairs per batch
     num_workers: int = 2  # DataLoader workers
     seed: int = 0  # seed of the train/val split
+    augment: bool = True  # each modality's train-time augmentation
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0 or self.batch_size < 1 or self.num_workers < 0:
+            raise BinderConfigError(f"data.val_fraction must be in [0, 1), batch_size >= 1 and num_workers >= 0, got "
+                                    f"{self.val_fraction}, {self.batch_size}, {self.num_workers}")
 
 
-def read_manifest(path: "str | Path", modality: Modality) -> List[Dict[str, Any]]:
-    """Rows of a CSV or JSON-lines manifest with absolute paths; checks the required columns."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise BinderInputError(f"manifest {str(path)!r} does not exist")
+def _rows(path: Path) -> List[Dict[str, Any]]:
     try:
         if path.suffix in (".jsonl", ".json", ".ndjson"):
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -56,15 +61,29 @@ def read_manifest(path: "str | Path", modality: Modality) -> List[Dict[str, Any]
                 rows = list(csv.DictReader(f))
     except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
         raise BinderInputError(f"manifest {str(path)!r} is not valid CSV / JSON lines: {err}") from err
-    need = {"image", modality.value}
-    if not rows or not need <= set(rows[0]):
-        raise BinderInputError(
-            f"manifest {str(path)!r} needs columns {sorted(need)} (optional: id, label); "
-            f"found {sorted(rows[0]) if rows else 'no rows'}"
-        )
+    if not all(isinstance(r, dict) for r in rows):
+        raise BinderInputError(f"manifest {str(path)!r}: every JSON line must be an object with named columns")
+    return rows
+
+
+def read_manifest(path: "str | Path", modalities: "str | Sequence[str]", need_image: bool = True) -> List[Dict[str, Any]]:
+    """Rows of a CSV or JSON-lines manifest with absolute paths; checks the required columns
+    (``image`` when ``need_image``, and every modality's)."""
+    path = Path(path).expanduser()
+    modalities = [modalities] if isinstance(modalities, str) else list(modalities)
+    if path.is_dir():
+        raise BinderInputError(f"manifest {str(path)!r} is a directory; expected a CSV or .jsonl file")
+    if not path.is_file():
+        raise BinderInputError(f"manifest {str(path)!r} does not exist")
+    rows = _rows(path)
+    need = set(modalities) | ({IMAGE} if need_image else set())
+    columns = set().union(*(r.keys() for r in rows)) if rows else set()
+    if not rows or not need <= columns:
+        raise BinderInputError(f"manifest {str(path)!r} needs columns {sorted(need)} (optional: id, label); "
+                               f"found {sorted(columns) if rows else 'no rows'}")
     for i, row in enumerate(rows):
         row.setdefault("id", str(i))
-        for key in ("image", modality.value):
+        for key in (IMAGE, *modalities):
             if row.get(key):
                 p = Path(str(row[key])).expanduser()
                 row[key] = str(p if p.is_absolute() else path.parent / p)
@@ -74,7 +93,7 @@ def read_manifest(path: "str | Path", modality: Modality) -> List[Dict[str, Any]
 class ManifestPairs(Dataset):
     """(X, image or caption) pairs from manifest rows. Unreadable rows yield ``None`` (skipped)."""
 
-    def __init__(self, rows: List[Dict[str, Any]], modality: Modality, preprocessor: Callable, anchor: Any,
+    def __init__(self, rows: List[Dict[str, Any]], modality: str, preprocessor: Callable, anchor: Any,
                  partner: str, train: bool, augment: Optional[Callable] = None,
                  label_index: Optional[Dict[str, int]] = None, templates: Optional[List[str]] = None,
                  classnames: Optional[List[str]] = None) -> None:
@@ -89,17 +108,17 @@ class ManifestPairs(Dataset):
     def __getitem__(self, i: int) -> Optional[Dict[str, Any]]:
         row = self.rows[i]
         try:
-            x = self.preprocessor(row[self.modality.value], train=self.train)  # (K, ...)
+            x = self.preprocessor(row[self.modality], train=self.train)  # (K, ...)
             if self.augment is not None:
                 x = self.augment(x[0].clone())[None]
             item: Dict[Any, Any] = {self.modality: x}
             if row.get("label") not in (None, ""):
                 item["label"] = self.label_index[str(row["label"])]
-            if self.partner == "image":
-                item[Modality.IMAGE] = self.anchor.preprocess_image(row["image"])
-            else:
+            if self.partner == IMAGE:
+                item[IMAGE] = self.anchor.preprocess_image(row[IMAGE])
+            elif self.partner == TEXT:
                 caption = random.choice(self.templates).format(self.classnames[item["label"]])
-                item[Modality.TEXT] = self.anchor.tokenize([caption])[0]
+                item[TEXT] = self.anchor.tokenize([caption])[0]
             return item
         except BinderInputError as err:
             if not self.failures[row["id"]]:
@@ -114,105 +133,135 @@ def collate_skipping(items: List[Optional[Dict[str, Any]]]) -> Optional[Dict[str
     return default_collate(items) if items else None
 
 
-def _check_row(row: Dict[str, Any], modality: Modality, preprocessor: Callable, anchor: Any) -> Optional[str]:
+def _check_row(row: Dict[str, Any], keys: Sequence[str], modality: str, preprocessor: Callable, anchor: Any,
+               full: bool) -> Optional[str]:
     """Why a row is unusable, or None."""
-    for key in ("image", modality.value):
+    for key in keys:
         if not row.get(key):
             return f"empty {key} column"
         if not Path(row[key]).is_file():
             return f"missing {key} file"
+    if not full:
+        return None
     try:
-        anchor.preprocess_image(row["image"])
-        preprocessor(row[modality.value], num_clips=1)
+        if IMAGE in keys:
+            anchor.preprocess_image(row[IMAGE])
+        preprocessor(row[modality], num_clips=1)
     except BinderInputError as err:
         return f"unreadable: {err}"
     return None
 
 
-def validate_rows(rows: List[Dict[str, Any]], modality: Modality, preprocessor: Callable, anchor: Any,
-                  full: bool) -> List[Dict[str, Any]]:
+def validate_rows(rows: List[Dict[str, Any]], modality: str, preprocessor: Callable, anchor: Any,
+                  full: bool, need_image: bool = True) -> List[Dict[str, Any]]:
     """Drop rows with missing (and, if ``full``, unreadable) files; log how many and why."""
     good, reasons = [], Counter()
-    for row in tqdm(rows, desc="checking manifest", leave=False, disable=len(rows) < 200):
-        if full:
-            why = _check_row(row, modality, preprocessor, anchor)
-        else:
-            missing = [k for k in ("image", modality.value) if not row.get(k) or not Path(row[k]).is_file()]
-            why = f"missing {missing[0]} file" if missing else None
+    keys = [IMAGE, modality] if need_image else [modality]
+    for row in progress(rows, f"checking {modality} rows", enabled=len(rows) >= 200):
+        why = _check_row(row, keys, modality, preprocessor, anchor, full)
         if why is None:
             good.append(row)
         else:
             reasons[why.split(":")[0]] += 1
             log.debug("manifest row %s skipped: %s", row.get("id"), why)
     if reasons:
-        log.warning("manifest: skipped %d of %d rows (%s)", len(rows) - len(good), len(rows),
+        log.warning("manifest %s: skipped %d of %d rows (%s)", modality, len(rows) - len(good), len(rows),
                     ", ".join(f"{n} {r}" for r, n in reasons.items()))
     if not good:
-        raise BinderInputError(f"manifest has no usable rows out of {len(rows)} ({dict(reasons)})")
+        raise BinderInputError(f"manifest has no usable {modality} rows out of {len(rows)} ({dict(reasons)})")
     return good
 
 
-class ManifestDataModule(L.LightningDataModule):
-    """Train/val pairs from a manifest (see :class:`ManifestConfig`)."""
+class ManifestDataModule(PairedDataModule):
+    """Train/val pairs from a manifest (see :class:`ManifestConfig`), one dataset per modality."""
 
-    def __init__(self, cfg: ManifestConfig, modality: Modality, preprocessor: Callable, anchor: Any,
-                 partner: str = "image", augment: Optional[Callable] = None) -> None:
-        super().__init__()
-        self.cfg, self.modality, self.preprocessor, self.anchor = cfg, modality, preprocessor, anchor
-        self.partner, self.augment = partner, augment
+    Config = ManifestConfig
+
+    def __init__(self, model: Any, modalities: Sequence[str], target: str = "image", **options: Any) -> None:
+        super().__init__(model, modalities, target, **options)
         self.skipped = 0
-        self.train_rows: Optional[List[Dict[str, Any]]] = None
+        self.train_rows: Dict[str, List[Dict[str, Any]]] = {}
+        self.val_rows: Dict[str, List[Dict[str, Any]]] = {}
 
-    def _rows(self, path: str) -> List[Dict[str, Any]]:
-        rows = read_manifest(path, self.modality)
-        good = validate_rows(rows, self.modality, self.preprocessor, self.anchor, self.cfg.validate)
+    @classmethod
+    def check(cls, options: Dict[str, Any], modalities: Sequence[str], target: str) -> str:
+        cfg = build_dataclass(ManifestConfig, options, "data")
+        rows = read_manifest(cfg.path, modalities, need_image=target == IMAGE)
+        if cfg.val_path:
+            read_manifest(cfg.val_path, modalities, need_image=target == IMAGE)
+        keys = [IMAGE] if target == IMAGE else []
+        for m in modalities:  # files must exist (decoding them waits for setup)
+            usable = [r for r in rows if all(r.get(k) and Path(r[k]).is_file() for k in (*keys, m))]
+            if not usable:
+                raise BinderInputError(f"manifest {cfg.path!r} has no usable {m} rows out of {len(rows)}: no row "
+                                       f"has existing {' and '.join((*keys, m))} files")
+        return f"manifest {Path(cfg.path).expanduser().resolve()}"
+
+    def _usable(self, rows: List[Dict[str, Any]], modality: str) -> List[Dict[str, Any]]:
+        rows = [r for r in rows if r.get(modality)]
+        good = validate_rows(rows, modality, self.preprocessors[modality], self.anchor, self.cfg.validate,
+                             need_image=self.target == IMAGE)
         self.skipped += len(rows) - len(good)
         return good
 
     def _labels(self, rows: List[Dict[str, Any]]) -> None:
         labels = sorted({str(r["label"]) for r in rows if r.get("label") not in (None, "")})
         if self.cfg.classnames:
-            self.classnames = list(self.cfg.classnames)
-            self.label_index = {str(i): i for i in range(len(self.classnames))}
-            self.label_index.update({name: i for i, name in enumerate(self.classnames)})
+            self._classnames = list(self.cfg.classnames)
+            self.label_index = {str(i): i for i in range(len(self._classnames))}
+            self.label_index.update({name: i for i, name in enumerate(self._classnames)})
         else:
-            self.classnames, self.label_index = labels, {name: i for i, name in enumerate(labels)}
-        unknown = [l for l in labels if l not in self.label_index]
+            self._classnames, self.label_index = labels, {name: i for i, name in enumerate(labels)}
+        unknown = [lab for lab in labels if lab not in self.label_index]
         if unknown:
-            raise BinderInputError(f"manifest labels {unknown[:5]} are not in data.classnames {self.classnames}")
-        if self.partner == "text" and not labels:
-            raise BinderInputError("partner=text needs a `label` column in the manifest")
+            raise BinderInputError(f"manifest labels {unknown[:5]} are not in data.classnames {self._classnames}")
+        if self.target in (TEXT, "label") and not labels:
+            raise BinderInputError(f"target={self.target} needs a `label` column in the manifest")
+
+    @property
+    def classnames(self) -> List[str]:
+        return getattr(self, "_classnames", [])
+
+    @property
+    def templates(self) -> List[str]:
+        return list(self.cfg.templates)
+
+    def _split(self) -> tuple:
+        need_image = self.target == IMAGE
+        rows = read_manifest(self.cfg.path, self.modalities, need_image)
+        if self.cfg.val_path:
+            return rows, read_manifest(self.cfg.val_path, self.modalities, need_image)
+        order = np.random.default_rng(self.cfg.seed).permutation(len(rows))
+        n_val = int(round(len(rows) * self.cfg.val_fraction)) if len(rows) > 1 else 0
+        return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]]
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_rows is not None:
+        if self.train_rows:
             return
-        rows = self._rows(self.cfg.path)
-        if self.cfg.val_path:
-            self.train_rows, self.val_rows = rows, self._rows(self.cfg.val_path)
-        else:
-            order = np.random.default_rng(self.cfg.seed).permutation(len(rows))
-            n_val = int(round(len(rows) * self.cfg.val_fraction)) if len(rows) > 1 else 0
-            self.val_rows = [rows[i] for i in order[:n_val]]
-            self.train_rows = [rows[i] for i in order[n_val:]]
-        self._labels(self.train_rows + self.val_rows)
-        self.templates = list(self.cfg.templates)
-        common = dict(modality=self.modality, preprocessor=self.preprocessor, anchor=self.anchor, partner=self.partner,
-                      label_index=self.label_index, templates=self.templates, classnames=self.classnames)
-        self.train_set = ManifestPairs(self.train_rows, train=True, augment=self.augment, **common)
-        self.val_set = ManifestPairs(self.val_rows, train=False, **common)
-        log.info("manifest: %d train / %d val pairs, %d rows skipped", len(self.train_set), len(self.val_set), self.skipped)
+        train, val = self._split()
+        for m in self.modalities:
+            self.train_rows[m], self.val_rows[m] = self._usable(train, m), self._usable(val, m) if val else []
+        self._labels([r for m in self.modalities for r in self.train_rows[m] + self.val_rows[m]])
+        common = dict(anchor=self.anchor, partner=self.target, label_index=self.label_index,
+                      templates=self.templates, classnames=self.classnames)
+        for m in self.modalities:
+            pre = self.preprocessors[m]
+            self.train_sets[m] = ManifestPairs(self.train_rows[m], m, pre, train=True, augment=self.augments[m], **common)
+            self.val_sets[m] = ManifestPairs(self.val_rows[m], m, pre, train=False, **common)
+            log.info("manifest %s: %d train / %d val pairs", m, len(self.train_sets[m]), len(self.val_sets[m]))
+        if self.skipped:
+            log.info("manifest: %d rows skipped in all", self.skipped)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=len(self.train_set) > self.cfg.batch_size,
-                          num_workers=self.cfg.num_workers, collate_fn=collate_skipping)
+    def train_dataloader(self) -> Dict[str, DataLoader]:
+        return {m: DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True, drop_last=len(ds) > self.cfg.batch_size,
+                              num_workers=self.cfg.num_workers, collate_fn=collate_skipping)
+                for m, ds in self.train_sets.items()}
 
     def val_dataloader(self) -> List[DataLoader]:
-        if not self.val_rows:
-            return []
-        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                          collate_fn=collate_skipping)
+        return [DataLoader(self.val_sets[m], batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                           collate_fn=collate_skipping) for m in self.val_modalities]
 
-    def zero_shot_set(self) -> tuple:
+    def zero_shot_set(self, modality: str) -> tuple:
         """Held-out X paths and label indices (empty without labels)."""
-        rows = [r for r in self.val_rows if r.get("label") not in (None, "")]
-        return [r[self.modality.value] for r in rows], np.array([self.label_index[str(r["label"])] for r in rows])
+        rows = [r for r in self.val_rows.get(modality, []) if r.get("label") not in (None, "")]
+        return [r[modality] for r in rows], np.array([self.label_index[str(r["label"])] for r in rows], dtype=np.int64)

@@ -25,7 +25,7 @@ def data_root(explicit: Optional[str] = None) -> Path:
             return default
     raise BinderInputError(
         "no data root: set data.root=... or BINDER_DATA, or download the data with "
-        "`python -m binder_datasets.download --root DIR`"
+        "`python -m binder.datasets.download --root DIR`"
     )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from binder_datasets.render_depth import bilinear
+from binder.datasets.render_depth import bilinear
 
 HEIGHT, WIDTH = 40, 50  # rendered frame (rows, columns)
 

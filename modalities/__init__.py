@@ -1,4 +1,6 @@
-"""Modality plugins for binder: one module per modality, each registering itself on import.
+"""binder's built-in modalities, installed as ``binder.modalities``: one module per modality.
 
-binder finds these through the ``binder.modalities`` entry-point group (see pyproject.toml).
+Each module registers a :class:`binder.registry.ModalitySpec` when imported; binder finds the
+built-in ones by scanning this package, and third-party ones through the ``binder.modalities``
+entry-point group (see ``examples/plugin_modality``).
 """

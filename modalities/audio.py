@@ -19,19 +19,21 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig, merge_vit
+from binder.clips import POLICIES, sample_starts
+from binder.config import build_dataclass
+from binder.errors import BinderConfigError, BinderInputError
+from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
-from binder.types import Modality
 
-PRESETS: Dict[str, ViTConfig] = {
+PRESETS: Dict[str, TrunkConfig] = {
     # Trains in minutes on 2 CPU cores: frame-strip patches (all 128 mel bins x 4 frames -> 51
     # tokens). On the digits world square 16 x 16 patches sat at chance for hundreds of steps
     # while strips reached 98% supervised accuracy in 5 epochs (see benchmarks/README.md).
-    "tiny": ViTConfig(patch=(128, 4), stride=(128, 4), width=128, depth=4, heads=4, drop_path=0.1),
-    # ImageBind's audio trunk (imagebind_huge): 12 x 19 overlapping patches.
-    "imagebind": ViTConfig(patch=(16, 16), stride=(10, 10), width=768, depth=12, heads=12, drop_path=0.1,
-                           patch_norm=True),  # ImageBind's audio stem: conv, then LayerNorm
+    "tiny": TrunkConfig(patch=(128, 4), stride=(128, 4), width=128, depth=4, heads=4, drop_path=0.1),
+    # ImageBind's audio trunk (imagebind_huge): 12 x 19 overlapping patches, stem LayerNorm,
+    # a learned key/value token in every attention, embeddings scaled by 20 after normalisation.
+    "imagebind": TrunkConfig(patch=(16, 16), stride=(10, 10), width=768, depth=12, heads=12, drop_path=0.1,
+                             patch_norm=True, bias_kv=True, logit_scale=20.0),
 }
 
 
@@ -50,12 +52,10 @@ class AudioAugmentConfig:
 
 @dataclass
 class AudioConfig:
-    """Audio preprocessing + encoder settings; mirrored by configs/modality/audio.yaml."""
+    """Audio preprocessing + encoder settings (the schema of ``modality=audio``)."""
 
-    name: str = "audio"  # modality name (registry key)
-    preset: str = "tiny"  # encoder size preset: tiny | imagebind
-    encoder: Dict[str, Any] = field(  # overrides of the preset's ViTConfig (None = keep the preset's)
-        default_factory=lambda: {name: None for name in ViTConfig.__dataclass_fields__})
+    preset: str = "tiny"  # encoder size preset: tiny (minutes on 2 CPU cores) | imagebind (768 wide, 12 deep)
+    encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
     sample_rate: int = 16000  # every input is resampled to this rate
     num_mel_bins: int = 128  # log-mel bins
     target_length: int = 204  # frames per clip (2 s at a 10 ms hop, ImageBind's 204)
@@ -63,20 +63,25 @@ class AudioConfig:
     frame_shift_ms: float = 10.0  # hop
     clip_duration: float = 2.0  # seconds per clip
     clips_per_sample: int = 3  # clips per recording at inference; embeddings are averaged
+    clip_policy: str = "spread"  # spread: clips from start to end | imagebind: pytorchvideo's constant clips sampler
     mean: float = -4.268  # normalisation mean (ImageBind, AudioSet statistics)
     std: float = 9.138  # normalisation std
     temperature: float = 0.05  # fixed InfoNCE temperature (ImageBind audio)
     augment: AudioAugmentConfig = field(default_factory=AudioAugmentConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):  # direct construction with a plain dict
+            self.encoder = build_dataclass(EncoderOverrides, self.encoder, "audio encoder")
         if isinstance(self.augment, dict):
-            self.augment = AudioAugmentConfig(**self.augment)
+            self.augment = build_dataclass(AudioAugmentConfig, self.augment, "audio augment")
         if self.preset not in PRESETS:
-            raise BinderInputError(f"unknown audio preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+            raise BinderConfigError(f"unknown audio preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        if self.clip_policy not in POLICIES:
+            raise BinderConfigError(f"audio clip_policy must be one of {POLICIES}, got {self.clip_policy!r}")
 
-    def vit(self) -> ViTConfig:
-        """The preset's ViTConfig with ``encoder`` overrides applied."""
-        return merge_vit(PRESETS[self.preset], self.encoder, "audio")
+    def trunk(self) -> TrunkConfig:
+        """The preset's trunk with the ``encoder`` overrides, on (1, mel bins, frames) inputs."""
+        return trunk_config(PRESETS[self.preset], self.encoder, 1, (self.num_mel_bins, self.target_length), "audio")
 
     @property
     def pad_value(self) -> float:
@@ -147,16 +152,6 @@ class AudioPreprocessor:
             wave = torchaudio.functional.resample(wave, int(sample_rate), self.cfg.sample_rate)
         return wave
 
-    def clip_starts(self, num_samples: int, num_clips: int, train: bool) -> list:
-        """Start offsets (in samples) of ``num_clips`` clips: random in training, else evenly spaced."""
-        clip = int(round(self.cfg.clip_duration * self.cfg.sample_rate))
-        room = max(num_samples - clip, 0)
-        if train:
-            return [int(torch.randint(0, room + 1, ()).item()) for _ in range(num_clips)]
-        if num_clips == 1:
-            return [room // 2]
-        return [int(round(room * i / (num_clips - 1))) for i in range(num_clips)]
-
     def fbank(self, segment: torch.Tensor) -> torch.Tensor:
         """Waveform (T,) -> normalised log-mel (1, mel, frames), padded/cropped to target_length."""
         min_len = int(self.cfg.sample_rate * self.cfg.frame_length_ms / 1000)
@@ -180,7 +175,8 @@ class AudioPreprocessor:
         wave = self.waveform(item, sample_rate)
         k = num_clips or (1 if train else self.cfg.clips_per_sample)
         clip = int(round(self.cfg.clip_duration * self.cfg.sample_rate))
-        clips = [self.fbank(wave[s : s + clip]) for s in self.clip_starts(wave.numel(), k, train)]
+        starts = sample_starts(wave.numel(), clip, k, self.cfg.clip_policy, train)
+        clips = [self.fbank(wave[s : s + clip]) for s in starts]
         return torch.stack(clips)  # (K, 1, mel, frames)
 
 
@@ -193,6 +189,8 @@ class AudioAugment:
 
     def __init__(self, cfg: AudioConfig) -> None:
         self.cfg, self.aug, self.pad = cfg, cfg.augment, cfg.pad_value
+        self.freq_mask = torchaudio.transforms.FrequencyMasking(cfg.augment.freq_width)
+        self.time_mask = torchaudio.transforms.TimeMasking(cfg.augment.time_width)
 
     def _valid_frames(self, x: torch.Tensor) -> int:
         is_pad = (x[0] - self.pad).abs().amax(0) < 1e-6  # (frames,)
@@ -219,31 +217,30 @@ class AudioAugment:
         return self._spec_augment(out)
 
     def _spec_augment(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.aug
-        for _ in range(a.freq_masks):
-            w = int(torch.randint(0, a.freq_width + 1, ()).item())
-            f0 = int(torch.randint(0, max(1, x.shape[1] - w), ()).item())
-            x[:, f0 : f0 + w, :] = 0.0
-        for _ in range(a.time_masks):
-            w = int(torch.randint(0, a.time_width + 1, ()).item())
-            t0 = int(torch.randint(0, max(1, x.shape[2] - w), ()).item())
-            x[:, :, t0 : t0 + w] = 0.0
+        """SpecAugment (Park et al., 2019): frequency and time masks set to 0 (the normalised mean)."""
+        for _ in range(self.aug.freq_masks):
+            x = self.freq_mask(x)
+        for _ in range(self.aug.time_masks):
+            x = self.time_mask(x)
         return x
 
 
-class AudioEncoder(PatchViT):
-    """ViT over (N, 1, mel, frames) log-mel clips (ImageBind's audio trunk, resizable)."""
+class AudioEncoder(Trunk):
+    """Transformer over (N, 1, mel, frames) log-mel clips (ImageBind's audio trunk, resizable)."""
 
     def __init__(self, cfg: AudioConfig) -> None:
-        super().__init__(cfg.vit(), in_chans=1, input_size=(cfg.num_mel_bins, cfg.target_length))
+        super().__init__(cfg.trunk())
 
 
-SPEC = register_modality(
-    ModalitySpec(
-        modality=Modality.AUDIO,
-        config_cls=AudioConfig,
-        preprocessor_cls=AudioPreprocessor,
-        encoder_cls=AudioEncoder,
-        augment_cls=AudioAugment,
-    )
-)
+def example_input() -> tuple:
+    """Five seconds of a 16 kHz chirp with a little noise: ``(samples, rate)``."""
+    t = np.arange(5 * 16000) / 16000
+    wave = 0.4 * np.sin(2 * np.pi * (200 * t + 280 * t ** 2)) + np.random.default_rng(0).normal(0, 0.01, t.shape)
+    return wave.astype(np.float32), 16000
+
+
+SPEC = register_modality(ModalitySpec(
+    name="audio", config_cls=AudioConfig, preprocessor_cls=AudioPreprocessor, encoder_cls=AudioEncoder,
+    augment_cls=AudioAugment, example_input=example_input,
+    recordings="binder.datasets.fsdd:digits_recordings",  # the digits world: real spoken digits
+))

@@ -27,64 +27,60 @@ patch tokens, 384 wide, 12 deep, 8 heads) or the ``tiny`` preset for 2 CPU cores
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
-from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig, merge_vit
+from binder.config import build_dataclass, merge_overrides
+from binder.errors import BinderConfigError, BinderInputError
+from binder.imaging import MapAugmentConfig, as_array, augment_map, read_image_array, resize_center_crop, single_channel
+from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
-from binder.types import Modality
 
 STD_TINY = 1.0  # std of centred digits-world disparity in pixels (measured: 0.95), see INPUT_PRESETS
 
-PRESETS: Dict[str, ViTConfig] = {
+PRESETS: Dict[str, TrunkConfig] = {
     # Learns the digits world in minutes on 2 CPU cores: a conv stem (3x3 stride-2 convs 16, 32,
     # then 128; Xiao et al. 2021) turns 32 x 32 into 4 x 4 = 16 tokens. In a 200-step probe it
     # reached 70-80 % emergent zero-shot where 4 x 4 or 7 x 7 patch stems reached 25-33 %.
-    "tiny": ViTConfig(width=128, depth=4, heads=4, stem="conv", stem_channels=(16, 32), patch_norm=True),
-    # ImageBind's depth trunk (imagebind_huge): 14 x 14 patches of 16 x 16 on 224 x 224.
-    "imagebind": ViTConfig(patch=(16, 16), stride=(16, 16), width=384, depth=12, heads=8, patch_norm=True),
+    "tiny": TrunkConfig(width=128, depth=4, heads=4, stem="conv", stem_channels=(16, 32), patch_norm=True),
+    # ImageBind's depth trunk (imagebind_huge): 14 x 14 patches of 16 x 16 on 224 x 224, stem
+    # LayerNorm, a learned key/value token, embeddings scaled by 5 after normalisation.
+    "imagebind": TrunkConfig(patch=(16, 16), stride=(16, 16), width=384, depth=12, heads=8, patch_norm=True,
+                             bias_kv=True, logit_scale=5.0),
 }
 
-INPUT_PRESETS: Dict[str, Dict[str, Any]] = {
+@dataclass(frozen=True)
+class DepthInput:
+    """Input size and normalisation that go with an encoder preset."""
+
+    image_size: int  # model input side
+    mean: float  # disparity normalisation
+    std: float
+    center: bool  # subtract each map's median valid disparity
+
+
+INPUT_PRESETS: Dict[str, DepthInput] = {
     # Centred disparity (each map minus its median): the shape, not the distance. The std is
     # measured on the digits world (tiles at 0.45-0.9 m); with absolute disparity (ImageBind's
     # way) the 1-3 cm relief is ~0.1 std against a +-1.5 std distance offset and a tiny encoder
     # stayed at chance for 200 steps in a probe.
-    "tiny": {"image_size": 32, "mean": 0.0, "std": STD_TINY, "center": True},
+    "tiny": DepthInput(image_size=32, mean=0.0, std=STD_TINY, center=True),
     # ImageBind: B x 1 x 224 x 224 absolute disparity with the community statistics (issue #107).
-    "imagebind": {"image_size": 224, "mean": 0.0418, "std": 0.0295, "center": False},
+    "imagebind": DepthInput(image_size=224, mean=0.0418, std=0.0295, center=False),
 }
 """Input size and normalisation of each preset (used where the config leaves them null)."""
 
 
 @dataclass
-class DepthAugmentConfig:
-    """Train-time augmentation of one normalised disparity map (1, S, S)."""
-
-    max_shift: float = 0.06  # random translation, fraction of the side
-    max_rotate: float = 8.0  # random in-plane rotation, degrees
-    scale: float = 0.08  # random zoom in [1 - s, 1 + s]
-    noise: float = 0.05  # std of added Gaussian noise (normalised units)
-    erase_prob: float = 0.25  # probability of blanking one rectangle (a sensor hole)
-    erase_size: float = 0.3  # max side of the blanked rectangle, fraction of the side
-
-
-@dataclass
 class DepthConfig:
-    """Depth preprocessing + encoder settings; mirrored by configs/modality/depth.yaml."""
+    """Depth preprocessing + encoder settings (the schema of ``modality=depth``)."""
 
-    name: str = "depth"  # modality name (registry key)
-    preset: str = "tiny"  # encoder + input preset: tiny | imagebind
-    encoder: Dict[str, Any] = field(  # overrides of the preset's ViTConfig (None = keep the preset's)
-        default_factory=lambda: {name: None for name in ViTConfig.__dataclass_fields__})
+    preset: str = "tiny"  # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | imagebind (384 wide, 12 deep, 224 x 224)
+    encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
     image_size: Optional[int] = None  # model input side in pixels; None = the preset's (tiny 32, imagebind 224)
     focal_length: float = 518.857901  # pixels; disparity = focal_length * baseline / depth (Omnivore, NYU/SUN Kinect)
     baseline: float = 0.075  # metres (Omnivore's Kinect baseline)
@@ -96,95 +92,30 @@ class DepthConfig:
     mean: Optional[float] = None  # disparity normalisation mean; None = the preset's
     std: Optional[float] = None  # disparity normalisation std; None = the preset's
     temperature: float = 0.2  # fixed InfoNCE temperature (ImageBind depth)
-    augment: DepthAugmentConfig = field(default_factory=DepthAugmentConfig)
+    augment: MapAugmentConfig = field(default_factory=MapAugmentConfig)  # train-time augmentation
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):  # direct construction with a plain dict
+            self.encoder = build_dataclass(EncoderOverrides, self.encoder, "depth encoder")
         if isinstance(self.augment, dict):
-            self.augment = DepthAugmentConfig(**self.augment)
+            self.augment = build_dataclass(MapAugmentConfig, self.augment, "depth augment")
         if self.preset not in PRESETS:
-            raise BinderInputError(f"unknown depth preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+            raise BinderConfigError(f"unknown depth preset {self.preset!r}; expected one of {sorted(PRESETS)}")
         if not 0 < self.min_depth < self.max_depth:
-            raise BinderInputError(f"depth config needs 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
+            raise BinderConfigError(f"depth config needs 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
         if self.focal_length <= 0 or self.baseline <= 0 or self.depth_scale <= 0:
-            raise BinderInputError("depth config: focal_length, baseline and depth_scale must be positive")
-
-    def vit(self) -> ViTConfig:
-        """The preset's ViTConfig with ``encoder`` overrides applied."""
-        return merge_vit(PRESETS[self.preset], self.encoder, "depth")
+            raise BinderConfigError("depth config: focal_length, baseline and depth_scale must be positive")
 
     @property
-    def input_size(self) -> int:
-        """Side of the square model input."""
-        return int(self.image_size or INPUT_PRESETS[self.preset]["image_size"])
+    def inputs(self) -> DepthInput:
+        """The preset's input settings with this config's non-null values."""
+        values = {"image_size": self.image_size, "mean": self.mean, "std": self.std, "center": self.center}
+        return merge_overrides(INPUT_PRESETS[self.preset], values, "depth")
 
-    @property
-    def centred(self) -> bool:
-        """Whether each map's median valid disparity is subtracted."""
-        return bool(INPUT_PRESETS[self.preset]["center"] if self.center is None else self.center)
-
-    @property
-    def norm(self) -> Tuple[float, float]:
-        """(mean, std) of the disparity normalisation."""
-        preset = INPUT_PRESETS[self.preset]
-        mean = preset["mean"] if self.mean is None else self.mean
-        std = preset["std"] if self.std is None else self.std
-        return float(mean), float(std)
-
-
-def as_array(item: Any, name: str) -> np.ndarray:
-    """A numpy array or torch tensor -> numpy array (no copy where possible)."""
-    if isinstance(item, torch.Tensor):
-        item = item.detach().cpu()
-        if item.dtype == torch.bfloat16:
-            item = item.float()
-        item = item.numpy()
-    if not isinstance(item, np.ndarray):
-        raise BinderInputError(f"{name}: expected a file path, numpy array or tensor, got {type(item).__name__}")
-    return item
-
-
-def single_channel(x: np.ndarray, name: str, allowed: Tuple[int, ...] = (1,)) -> np.ndarray:
-    """(H, W), (C, H, W) or (H, W, C) with C in ``allowed`` -> (C, H, W); otherwise an error."""
-    if x.ndim == 2:
-        x = x[None]
-    elif x.ndim == 3 and x.shape[-1] in allowed and x.shape[0] not in allowed:
-        x = np.moveaxis(x, -1, 0)  # channels-last -> channels-first
-    if x.ndim != 3 or x.shape[0] not in allowed:
-        want = " or ".join(str(c) for c in allowed)
-        raise BinderInputError(
-            f"{name}: expected an (H, W) map or {want} channel(s) as (C, H, W) / (H, W, C), "
-            f"got shape {tuple(x.shape)}"
-        )
-    if x.shape[1] == 0 or x.shape[2] == 0:
-        raise BinderInputError(f"{name} is empty: got shape {tuple(x.shape)}")
-    return x
-
-
-def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(C, H, W) -> (C, size, size): short side to ``size`` (bicubic, antialiased), centre crop,
-    as CLIP/ImageBind's image transform (Resize(size) + CenterCrop(size))."""
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", align_corners=False,
-                          antialias=new_h < h)[0]  # (C, new_h, new_w)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return x[:, top : top + size, left : left + size].contiguous()
-
-
-def read_image_array(path: "str | Path", kind: str) -> np.ndarray:
-    """Any PIL-readable image file -> numpy array (16-bit PNGs keep their integer values)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BinderInputError(f"{kind} file {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as im:
-            if im.mode == "P":
-                im = im.convert("RGB")
-            return np.array(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise BinderInputError(f"{kind} file {str(path)!r} is not a readable image: {err}") from err
+    def trunk(self) -> TrunkConfig:
+        """The preset's trunk with the ``encoder`` overrides, on (1, S, S) disparity maps."""
+        size = self.inputs.image_size
+        return trunk_config(PRESETS[self.preset], self.encoder, 1, (size, size), "depth")
 
 
 class DepthPreprocessor:
@@ -197,6 +128,8 @@ class DepthPreprocessor:
         """Read a depth file: ``.npy`` (metres, or integer millimetres), 16-bit PNG / TIFF."""
         path = Path(path)
         if path.suffix.lower() == ".npy":
+            if path.is_dir():
+                raise BinderInputError(f"depth file {str(path)!r} is a directory; expected a .npy file")
             if not path.is_file():
                 raise BinderInputError(f"depth file {str(path)!r} does not exist")
             try:
@@ -242,63 +175,44 @@ class DepthPreprocessor:
             name, x = "depth input", as_array(item, "depth input")
         depth = self.metres(x, name)
         disp = self.disparity(depth)
-        if self.cfg.centred:
+        inputs = self.cfg.inputs
+        if inputs.center:
             valid = ~np.isnan(depth)
             disp = np.where(valid, disp - np.median(disp[valid]), 0.0).astype(np.float32)
         disp = torch.from_numpy(disp)[None]  # (1, H, W)
-        disp = resize_center_crop(disp, self.cfg.input_size)  # (1, S, S)
-        mean, std = self.cfg.norm
-        return ((disp - mean) / std)[None]  # (K=1, 1, S, S)
+        disp = resize_center_crop(disp, inputs.image_size)  # (1, S, S)
+        return ((disp - inputs.mean) / inputs.std)[None]  # (K=1, 1, S, S)
 
 
 class DepthAugment:
-    """Random small affine warp, sensor-like holes and noise on one normalised map (1, S, S).
-
-    Holes are filled with the value of disparity 0 (missing), as the preprocessor does.
-    """
+    """Random small affine warp, sensor-like holes and noise on one normalised map (1, S, S);
+    holes and out-of-frame pixels read as disparity 0 (missing), as the preprocessor writes them."""
 
     def __init__(self, cfg: DepthConfig) -> None:
         self.aug = cfg.augment
-        mean, std = cfg.norm
-        self.missing = (0.0 - mean) / std
-
-    def _warp(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.aug
-        angle = math.radians((torch.rand(()).item() * 2 - 1) * a.max_rotate)
-        zoom = 1 + (torch.rand(()).item() * 2 - 1) * a.scale
-        tx, ty = ((torch.rand(2) * 2 - 1) * a.max_shift * 2).tolist()  # grid units span 2
-        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
-        theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=x.dtype)[None]  # (1, 2, 3)
-        grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)  # (1, S, S, 2)
-        shifted = x[None] - self.missing  # so out-of-frame samples read as "missing"
-        return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0] + self.missing
+        inputs = cfg.inputs
+        self.missing = (0.0 - inputs.mean) / inputs.std
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.aug
-        x = self._warp(x)  # (1, S, S)
-        if a.noise > 0:
-            x = x + torch.randn_like(x) * a.noise
-        if torch.rand(()).item() < a.erase_prob:
-            s = x.shape[-1]
-            h, w = (torch.randint(1, max(2, int(s * a.erase_size) + 1), (2,))).tolist()
-            top, left = int(torch.randint(0, s - h + 1, ())), int(torch.randint(0, s - w + 1, ()))
-            x[..., top : top + h, left : left + w] = self.missing
-        return x
+        return augment_map(x, self.aug, self.missing)
 
 
-class DepthEncoder(PatchViT):
-    """ViT over (N, 1, S, S) disparity maps (ImageBind's depth trunk, resizable)."""
+class DepthEncoder(Trunk):
+    """Transformer over (N, 1, S, S) disparity maps (ImageBind's depth trunk, resizable)."""
 
     def __init__(self, cfg: DepthConfig) -> None:
-        super().__init__(cfg.vit(), in_chans=1, input_size=(cfg.input_size, cfg.input_size))
+        super().__init__(cfg.trunk())
 
 
-SPEC = register_modality(
-    ModalitySpec(
-        modality=Modality.DEPTH,
-        config_cls=DepthConfig,
-        preprocessor_cls=DepthPreprocessor,
-        encoder_cls=DepthEncoder,
-        augment_cls=DepthAugment,
-    )
-)
+def example_input() -> np.ndarray:
+    """A 40 x 52 depth map in metres with a few holes."""
+    depth = np.random.default_rng(0).uniform(0.5, 3.0, (40, 52)).astype(np.float32)
+    depth[:3, :5] = 0.0
+    return depth
+
+
+SPEC = register_modality(ModalitySpec(
+    name="depth", config_cls=DepthConfig, preprocessor_cls=DepthPreprocessor, encoder_cls=DepthEncoder,
+    augment_cls=DepthAugment, example_input=example_input,
+    render="binder.datasets.render_depth:render",  # the digits world: an embossed digit seen by a depth camera
+))

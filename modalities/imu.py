@@ -6,11 +6,12 @@ of 8 samples, flattens each window channel-major into 48 values (``unfold`` then
 value ``c * 8 + k`` is channel c, sample k) and embeds them with a bias-free Linear(48 -> 512)
 and a LayerNorm; a CLS token, learnable positional embeddings, 6 pre-norm blocks (8 heads, drop
 path 0.7), a final LayerNorm, the CLS token, dropout 0.5 and the linear head follow; the
-embedding is L2-normalised and scaled by 5 (temperature 0.2). ImageBind ships no IMU loader,
-so reading and resampling are binder's: arrays/tensors with a rate, CSV with timestamps (any,
-also irregular, sampling: interpolated onto a uniform grid), ``.npy``/``.npz``; a windowed-sinc
-low-pass before downsampling; several clips spread over long recordings (as audio); zero
-padding (in normalised units) of short ones.
+embedding is L2-normalised and scaled by 5 (temperature 0.2); :class:`binder.layers.Trunk`
+with the ``imagebind`` preset is exactly that tower. ImageBind ships no IMU loader, so reading
+and resampling are binder's: arrays/tensors with a rate, CSV with timestamps (any, also
+irregular, sampling: interpolated onto a uniform grid), ``.npy``/``.npz``; band-limited
+resampling with ``torchaudio.functional.resample``; several clips spread over long recordings
+(:mod:`binder.clips`, as audio); zero padding (in normalised units) of short ones.
 """
 from __future__ import annotations
 
@@ -18,32 +19,36 @@ import csv
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+import torchaudio
 from einops import rearrange
-from torch import nn
 
-from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig, init_vit_weights, vit_overrides
+from binder.clips import POLICIES, sample_starts
+from binder.config import build_dataclass, merge_overrides
+from binder.errors import BinderConfigError, BinderInputError
+from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
-from binder.types import Modality
 
 log = logging.getLogger(__name__)
 
 CHANNELS = 6  # acc x/y/z (m/s^2), gyro x/y/z (rad/s)
 TIME_COLUMNS = ("t", "time", "times", "timestamp", "timestamps", "time_s", "seconds", "sec", "s")
 
-PRESETS: Dict[str, ViTConfig] = {
+PRESETS: Dict[str, TrunkConfig] = {
     # Trains in minutes on 2 CPU cores: 5 s at 50 Hz in windows of 5 samples -> 50 tokens.
-    "tiny": ViTConfig(patch=(1, 5), stride=(1, 5), width=128, depth=4, heads=4, drop_path=0.1,
-                      patch_norm=True),
-    # ImageBind's IMU trunk (imagebind_huge): 2000 samples in windows of 8 -> 250 tokens.
-    "imagebind": ViTConfig(patch=(1, 8), stride=(1, 8), width=512, depth=6, heads=8, drop_path=0.7,
-                           dropout=0.5, patch_norm=True),
+    "tiny": TrunkConfig(stem="windows", patch=(5,), stride=(5,), width=128, depth=4, heads=4, drop_path=0.1,
+                        patch_norm=True),
+    # ImageBind's IMU trunk (imagebind_huge): 2000 samples in windows of 8 -> 250 tokens, a learned
+    # key/value token, dropout 0.5 on the CLS feature, embeddings scaled by 5 after normalisation.
+    "imagebind": TrunkConfig(stem="windows", patch=(8,), stride=(8,), width=512, depth=6, heads=8, drop_path=0.7,
+                             dropout=0.5, patch_norm=True, bias_kv=True, logit_scale=5.0),
 }
 
 
@@ -55,6 +60,11 @@ class SignalPreset:
     clip_duration: float  # seconds per clip
     mean: Tuple[float, ...]  # per-channel normalisation mean
     std: Tuple[float, ...]  # per-channel normalisation std
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per clip (ImageBind: 2000)."""
+        return int(round(self.clip_duration * self.sample_rate))
 
 
 SIGNAL_PRESETS: Dict[str, SignalPreset] = {
@@ -77,64 +87,68 @@ class IMUAugmentConfig:
 
 @dataclass
 class IMUConfig:
-    """IMU preprocessing + encoder settings; mirrored by configs/modality/imu.yaml."""
+    """IMU preprocessing + encoder settings (the schema of ``modality=imu``)."""
 
-    name: str = "imu"  # modality name (registry key)
-    preset: str = "tiny"  # encoder + signal preset: tiny | imagebind
-    encoder: Dict[str, Any] = field(  # overrides of the preset's ViTConfig (None = keep the preset's)
-        default_factory=lambda: {name: None for name in ViTConfig.__dataclass_fields__})
+    preset: str = "tiny"  # encoder + signal preset: tiny (minutes on 2 CPU cores) | imagebind (6 x 2000, windows of 8)
+    encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
     sample_rate: Optional[float] = None  # Hz every input is resampled to (None: tiny 50, imagebind 400)
     clip_duration: Optional[float] = None  # seconds per clip (None: 5 s, ImageBind's)
     clips_per_sample: int = 3  # clips spread over a recording at inference; embeddings are averaged
+    clip_policy: str = "spread"  # spread: clips from start to end | imagebind: pytorchvideo's constant clips sampler
     mean: Optional[List[float]] = None  # per-channel mean (None: the preset's; 0)
     std: Optional[List[float]] = None  # per-channel std (None: tiny acc 9.81 gyro 1, imagebind 1)
     temperature: float = 0.2  # fixed InfoNCE temperature (ImageBind IMU)
     augment: IMUAugmentConfig = field(default_factory=IMUAugmentConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):  # direct construction with a plain dict
+            self.encoder = build_dataclass(EncoderOverrides, self.encoder, "imu encoder")
         if isinstance(self.augment, dict):
-            self.augment = IMUAugmentConfig(**self.augment)
+            self.augment = build_dataclass(IMUAugmentConfig, self.augment, "imu augment")
         if self.preset not in PRESETS:
-            raise BinderInputError(f"unknown imu preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+            raise BinderConfigError(f"unknown imu preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        if self.clip_policy not in POLICIES:
+            raise BinderConfigError(f"imu clip_policy must be one of {POLICIES}, got {self.clip_policy!r}")
         for key in ("mean", "std"):
             value = getattr(self, key)
             if value is not None and len(value) != CHANNELS:
-                raise BinderInputError(f"imu {key} must list {CHANNELS} values (acc x/y/z, gyro x/y/z), got {value}")
+                raise BinderConfigError(f"imu {key} must list {CHANNELS} values (acc x/y/z, gyro x/y/z), got {value}")
         if self.std is not None and min(self.std) <= 0:
-            raise BinderInputError(f"imu std must be positive, got {self.std}")
+            raise BinderConfigError(f"imu std must be positive, got {self.std}")
+
+    @property
+    def signal(self) -> SignalPreset:
+        """The preset's signal settings with this config's non-null values."""
+        values = {"sample_rate": self.sample_rate, "clip_duration": self.clip_duration,
+                  "mean": None if self.mean is None else tuple(self.mean),
+                  "std": None if self.std is None else tuple(self.std)}
+        return merge_overrides(SIGNAL_PRESETS[self.preset], values, "imu")
 
     @property
     def rate(self) -> float:
         """Sample rate (Hz) after preprocessing."""
-        return float(self.sample_rate or SIGNAL_PRESETS[self.preset].sample_rate)
+        return float(self.signal.sample_rate)
 
     @property
     def num_samples(self) -> int:
         """Samples per clip (ImageBind: 2000)."""
-        duration = self.clip_duration or SIGNAL_PRESETS[self.preset].clip_duration
-        return int(round(duration * self.rate))
+        return self.signal.num_samples
 
     @property
     def norm(self) -> Tuple[np.ndarray, np.ndarray]:
         """Per-channel (mean, std), each (6, 1) float32."""
-        sig = SIGNAL_PRESETS[self.preset]
-        mean = np.asarray(self.mean if self.mean is not None else sig.mean, dtype=np.float32)
-        std = np.asarray(self.std if self.std is not None else sig.std, dtype=np.float32)
-        return mean[:, None], std[:, None]
+        sig = self.signal
+        return np.asarray(sig.mean, np.float32)[:, None], np.asarray(sig.std, np.float32)[:, None]
 
-    def vit(self) -> ViTConfig:
-        """The preset's ViTConfig with ``encoder`` overrides; ``patch``/``stride`` may be window
-        lengths in samples (an int or [1, n])."""
-        overrides = vit_overrides(self.encoder, "imu")
-        for key in ("patch", "stride"):
-            if key in overrides:
-                v = overrides[key]
-                overrides[key] = (1, int(v)) if isinstance(v, (int, float)) else (1, int(list(v)[-1]))
-        if "patch" in overrides and "stride" not in overrides:
-            overrides["stride"] = overrides["patch"]  # non-overlapping windows, as ImageBind
-        cfg = ViTConfig(**{**asdict(PRESETS[self.preset]), **overrides})
-        if cfg.stem != "patch":
-            raise BinderInputError(f"the imu encoder has a window stem only (stem: patch), got stem {cfg.stem!r}")
+    def trunk(self) -> TrunkConfig:
+        """The preset's trunk with the ``encoder`` overrides, on (6, num_samples) clips; a window
+        length (``patch``) without a hop (``stride``) gives non-overlapping windows, as ImageBind."""
+        overrides = merge_overrides(EncoderOverrides(), self.encoder, "imu encoder")
+        if overrides.patch is not None and overrides.stride is None:
+            overrides = replace(overrides, stride=overrides.patch)
+        cfg = trunk_config(PRESETS[self.preset], overrides, CHANNELS, (self.num_samples,), "imu")
+        if cfg.stem != "windows":
+            raise BinderConfigError(f"the imu encoder has a window stem only (stem: windows), got stem {cfg.stem!r}")
         return cfg
 
 
@@ -162,29 +176,35 @@ def _to_channels_first(x: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _lowpass(x: np.ndarray, cutoff: float) -> np.ndarray:
-    """Hann-windowed sinc low-pass along the last axis; ``cutoff`` in cycles per sample (< 0.5)."""
-    half = int(math.ceil(2.0 / cutoff))
-    n = np.arange(-half, half + 1)
-    taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hanning(2 * half + 3)[1:-1]
-    taps /= taps.sum()
-    padded = np.pad(x, ((0, 0), (half, half)), mode="reflect" if x.shape[1] > half else "edge")
-    return np.stack([np.convolve(row, taps, mode="valid") for row in padded])
+def _ratio(rate: float, target: float) -> Tuple[int, int]:
+    """``rate / target`` as a reduced fraction of integers, rates read with denominators up to 8."""
+    src, dst = Fraction(rate).limit_denominator(8), Fraction(target).limit_denominator(8)
+    orig, new = src.numerator * dst.denominator, dst.numerator * src.denominator
+    g = math.gcd(orig, new)
+    return orig // g, new // g
 
 
 def resample(x: np.ndarray, rate: float, target: float) -> np.ndarray:
-    """(C, T) at ``rate`` -> (C, T') at ``target`` by linear interpolation, low-passed first
-    when downsampling (cutoff at 0.9 x the new Nyquist)."""
+    """(C, T) at ``rate`` -> (C, T') at ``target`` with ``torchaudio.functional.resample``
+    (band-limited sinc interpolation, anti-aliased when downsampling). A rate whose ratio to the
+    target needs a huge filter bank (e.g. 99.97 -> 50 Hz) is first moved to the next integer rate
+    by linear interpolation (a change of under 1%), then resampled."""
     if abs(rate - target) <= 1e-6 * target:
         return x
-    if target < rate:
-        x = _lowpass(x, 0.45 * target / rate)
-    n_out = max(1, int(math.floor((x.shape[1] - 1) * target / rate)) + 1)
-    pos = np.arange(n_out) * (rate / target)  # output times in input samples
-    lo = np.minimum(pos.astype(np.int64), x.shape[1] - 1)
-    hi = np.minimum(lo + 1, x.shape[1] - 1)
-    frac = (pos - lo).astype(np.float32)
-    return x[:, lo] * (1 - frac) + x[:, hi] * frac
+    wave = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    orig, new = _ratio(rate, target)
+    if max(orig, new) > 1000:
+        step = float(math.ceil(rate))
+        size = max(1, int(math.floor((x.shape[1] - 1) * step / rate)) + 1)
+        wave = F.interpolate(wave[None], size=size, mode="linear", align_corners=True)[0]
+        orig, new = _ratio(step, target)
+    # torchaudio pads with zeros; an IMU signal sits on gravity, so pad with the edge values
+    # instead (a multiple of `orig` samples, which maps to a whole number of output samples).
+    pad = orig * math.ceil(32 / orig)
+    padded = F.pad(wave[None], (pad, pad), mode="replicate")[0]
+    out = torchaudio.functional.resample(padded, orig, new)
+    trim, length = pad * new // orig, math.ceil(wave.shape[-1] * new / orig)
+    return out[..., trim : trim + length].numpy()
 
 
 def _order_columns(names: List[str]) -> List[int]:
@@ -243,7 +263,9 @@ def from_timestamps(t: np.ndarray, values: np.ndarray, name: str) -> Tuple[np.nd
     t, values = t[keep], values[:, keep]
     if len(t) < 2:
         raise BinderInputError(f"{name}: all timestamps are equal")
-    rate = 1.0 / float(np.median(np.diff(t)))
+    rate = round(8.0 / float(np.median(np.diff(t)))) / 8.0  # the median rate, to 1/8 Hz
+    if rate <= 0:
+        raise BinderInputError(f"{name}: samples are more than 16 s apart; expected a sampled signal")
     grid = t[0] + np.arange(int(math.floor((t[-1] - t[0]) * rate + 1e-6)) + 1) / rate
     uniform = np.stack([np.interp(grid, t, v) for v in values]).astype(np.float32)
     return uniform, rate
@@ -313,15 +335,6 @@ class IMUPreprocessor:
         data = resample(data, rate, self.cfg.rate)
         return (data - self.mean) / self.std
 
-    def clip_starts(self, num_samples: int, num_clips: int, train: bool) -> List[int]:
-        """Clip offsets: one random clip in training, else ``num_clips`` evenly spaced."""
-        room = max(num_samples - self.cfg.num_samples, 0)
-        if train:
-            return [int(torch.randint(0, room + 1, ()).item()) for _ in range(num_clips)]
-        if num_clips == 1:
-            return [room // 2]
-        return [int(round(room * i / (num_clips - 1))) for i in range(num_clips)]
-
     def __call__(self, item: Any, sample_rate: Optional[float] = None, train: bool = False,
                  num_clips: Optional[int] = None) -> torch.Tensor:
         """Preprocess one recording -> (K, 6, num_samples), zero-padded (normalised units)."""
@@ -329,7 +342,7 @@ class IMUPreprocessor:
         k = num_clips or (1 if train else self.cfg.clips_per_sample)
         n = self.cfg.num_samples
         out = np.zeros((k, CHANNELS, n), dtype=np.float32)
-        for i, s in enumerate(self.clip_starts(x.shape[1], k, train)):
+        for i, s in enumerate(sample_starts(x.shape[1], n, k, self.cfg.clip_policy, train)):
             clip = x[:, s : s + n]
             out[i, :, : clip.shape[1]] = clip
         return torch.from_numpy(out)  # (K, 6, num_samples)
@@ -371,7 +384,9 @@ class IMUAugment:
             content = rearrange(rot @ rearrange(content, "(s a) t -> a (s t)", a=3), "a (s t) -> (s a) t", s=2)
         if a.time_stretch > 0:
             size = max(2, min(n, int(round(m * (1 + rng.uniform(-1, 1) * a.time_stretch)))))
-            content = resample(content, float(m - 1), float(size - 1)) if size != m else content
+            if size != m:  # (6, m) -> (6, size), linear
+                content = F.interpolate(torch.from_numpy(np.ascontiguousarray(content, np.float32))[None], size=size,
+                                        mode="linear", align_corners=True)[0].numpy()
         if a.noise > 0:
             content = content + rng.normal(0, a.noise, content.shape)
         room = n - content.shape[-1]
@@ -385,51 +400,20 @@ class IMUAugment:
 # Encoder
 # ----------------------------------------------------------------------------------------------
 
-class WindowEmbed(nn.Module):
-    """ImageBind's IMU stem: windows of ``window`` samples (hop ``hop``) of all channels, flattened
-    channel-major (value ``c * window + k``), -> bias-free Linear to ``width``.
-
-    Takes and returns PatchViT's layout: (N, C, 1, T) -> (N, D, 1, S)."""
-
-    def __init__(self, in_chans: int, window: int, hop: int, width: int) -> None:
-        super().__init__()
-        self.window, self.hop = window, hop
-        self.proj = nn.Linear(in_chans * window, width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        windows = x[:, :, 0].unfold(-1, self.window, self.hop)  # (N, C, S, window)
-        tokens = self.proj(rearrange(windows, "n c s w -> n s (c w)"))  # (N, S, D)
-        return rearrange(tokens, "n s d -> n d 1 s")
-
-
-class IMUEncoder(PatchViT):
+class IMUEncoder(Trunk):
     """Transformer over (N, 6, num_samples) IMU clips (ImageBind's IMU trunk, resizable)."""
 
     def __init__(self, cfg: IMUConfig) -> None:
-        vit = cfg.vit()
-        super().__init__(vit, in_chans=CHANNELS, input_size=(1, cfg.num_samples))
-        self.num_samples = cfg.num_samples
-        self.patch_embed = WindowEmbed(CHANNELS, int(vit.patch[-1]), int(vit.stride[-1]), vit.width)
-        self.patch_embed.apply(init_vit_weights)
-
-    @property
-    def input_ndim(self) -> int:
-        """Dimensions of one batch of single clips: (N, 6, T)."""
-        return 3
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 6, T) -> normalised tokens (N, 1 + S, D), CLS first."""
-        if x.ndim != 3 or x.shape[1:] != (CHANNELS, self.num_samples):
-            raise ValueError(f"expected IMU input of shape (N, {CHANNELS}, {self.num_samples}), got {tuple(x.shape)}")
-        return super().forward_features(x[:, :, None])  # (N, 6, 1, T)
+        super().__init__(cfg.trunk())
 
 
-SPEC = register_modality(
-    ModalitySpec(
-        modality=Modality.IMU,
-        config_cls=IMUConfig,
-        preprocessor_cls=IMUPreprocessor,
-        encoder_cls=IMUEncoder,
-        augment_cls=IMUAugment,
-    )
-)
+def example_input() -> tuple:
+    """Eight seconds of 6-channel IMU at 100 Hz, time-major: ``(samples (800, 6), rate)``."""
+    return np.random.default_rng(0).normal(0, 1, (800, 6)).astype(np.float32), 100
+
+
+SPEC = register_modality(ModalitySpec(
+    name="imu", config_cls=IMUConfig, preprocessor_cls=IMUPreprocessor, encoder_cls=IMUEncoder,
+    augment_cls=IMUAugment, example_input=example_input,
+    render="binder.datasets.render_imu:render",  # the digits world: a pen in the air tracing the digit
+))

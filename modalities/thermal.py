@@ -26,19 +26,21 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from binder.errors import BinderInputError
-from binder.layers import PatchViT, ViTConfig, merge_vit
+from binder.config import build_dataclass
+from binder.errors import BinderConfigError, BinderInputError
+from binder.imaging import MapAugmentConfig, as_array, augment_map, read_image_array, resize_center_crop, single_channel
+from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
-from binder.types import Modality
-from modalities.depth import DepthAugment, as_array, read_image_array, resize_center_crop, single_channel
 
-PRESETS: Dict[str, ViTConfig] = {
+PRESETS: Dict[str, TrunkConfig] = {
     # Learns the digits world in minutes on 2 CPU cores: a conv stem (3x3 stride-2 convs 16, 32,
     # then 128; Xiao et al. 2021) turns 32 x 32 into 4 x 4 = 16 tokens. In a 200-step probe it
     # reached 70-80 % emergent zero-shot where 4 x 4 or 7 x 7 patch stems reached 25-33 %.
-    "tiny": ViTConfig(width=128, depth=4, heads=4, stem="conv", stem_channels=(16, 32), patch_norm=True),
-    # ImageBind's thermal trunk (imagebind_huge): 14 x 14 patches of 16 x 16 on 224 x 224.
-    "imagebind": ViTConfig(patch=(16, 16), stride=(16, 16), width=768, depth=12, heads=12, patch_norm=True),
+    "tiny": TrunkConfig(width=128, depth=4, heads=4, stem="conv", stem_channels=(16, 32), patch_norm=True),
+    # ImageBind's thermal trunk (imagebind_huge): 14 x 14 patches of 16 x 16 on 224 x 224, stem
+    # LayerNorm, a learned key/value token, embeddings scaled by 10 after normalisation.
+    "imagebind": TrunkConfig(patch=(16, 16), stride=(16, 16), width=768, depth=12, heads=12, patch_norm=True,
+                             bias_kv=True, logit_scale=10.0),
 }
 
 INPUT_SIZES: Dict[str, int] = {"tiny": 32, "imagebind": 224}
@@ -46,43 +48,31 @@ INPUT_SIZES: Dict[str, int] = {"tiny": 32, "imagebind": 224}
 
 
 @dataclass
-class ThermalAugmentConfig:
-    """Train-time augmentation of one normalised frame (1, S, S)."""
-
-    max_shift: float = 0.06  # random translation, fraction of the side
-    max_rotate: float = 8.0  # random in-plane rotation, degrees
-    scale: float = 0.08  # random zoom in [1 - s, 1 + s]
-    noise: float = 0.05  # std of added Gaussian noise (normalised units)
-    erase_prob: float = 0.25  # probability of blanking one rectangle (occlusion)
-    erase_size: float = 0.3  # max side of the blanked rectangle, fraction of the side
-
-
-@dataclass
 class ThermalConfig:
-    """Thermal preprocessing + encoder settings; mirrored by configs/modality/thermal.yaml."""
+    """Thermal preprocessing + encoder settings (the schema of ``modality=thermal``)."""
 
-    name: str = "thermal"  # modality name (registry key)
-    preset: str = "tiny"  # encoder + input preset: tiny | imagebind
-    encoder: Dict[str, Any] = field(  # overrides of the preset's ViTConfig (None = keep the preset's)
-        default_factory=lambda: {name: None for name in ViTConfig.__dataclass_fields__})
+    preset: str = "tiny"  # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | imagebind (768 wide, 12 deep, 224 x 224)
+    encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
     image_size: Optional[int] = None  # model input side in pixels; None = the preset's (tiny 32, imagebind 224)
     bits: Optional[int] = None  # bit depth of integer frames wider than 8 bits; None = 16
     mean: float = 0.207  # normalisation mean of the [0, 1] frame (LLVIP infrared)
     std: float = 0.192  # normalisation std
     temperature: float = 0.1  # fixed InfoNCE temperature (ImageBind thermal)
-    augment: ThermalAugmentConfig = field(default_factory=ThermalAugmentConfig)
+    augment: MapAugmentConfig = field(default_factory=MapAugmentConfig)  # train-time augmentation
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):  # direct construction with a plain dict
+            self.encoder = build_dataclass(EncoderOverrides, self.encoder, "thermal encoder")
         if isinstance(self.augment, dict):
-            self.augment = ThermalAugmentConfig(**self.augment)
+            self.augment = build_dataclass(MapAugmentConfig, self.augment, "thermal augment")
         if self.preset not in PRESETS:
-            raise BinderInputError(f"unknown thermal preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+            raise BinderConfigError(f"unknown thermal preset {self.preset!r}; expected one of {sorted(PRESETS)}")
         if self.bits is not None and not 8 < int(self.bits) <= 32:
-            raise BinderInputError(f"thermal bits must be in 9..32 (8-bit frames are uint8), got {self.bits}")
+            raise BinderConfigError(f"thermal bits must be in 9..32 (8-bit frames are uint8), got {self.bits}")
 
-    def vit(self) -> ViTConfig:
-        """The preset's ViTConfig with ``encoder`` overrides applied."""
-        return merge_vit(PRESETS[self.preset], self.encoder, "thermal")
+    def trunk(self) -> TrunkConfig:
+        """The preset's trunk with the ``encoder`` overrides, on (1, S, S) frames."""
+        return trunk_config(PRESETS[self.preset], self.encoder, 1, (self.input_size, self.input_size), "thermal")
 
     @property
     def input_size(self) -> int:
@@ -141,28 +131,31 @@ class ThermalPreprocessor:
         return ((frame - self.cfg.mean) / self.cfg.std)[None]  # (K=1, 1, S, S)
 
 
-class ThermalAugment(DepthAugment):
+class ThermalAugment:
     """Small affine warp, occluding rectangle and noise on one normalised frame (1, S, S);
     out-of-frame and occluded pixels read as the frame's median (background) level."""
 
+    def __init__(self, cfg: ThermalConfig) -> None:
+        self.aug = cfg.augment
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.missing = float(x.median())
-        return super().__call__(x)
+        return augment_map(x, self.aug, float(x.median()))
 
 
-class ThermalEncoder(PatchViT):
-    """ViT over (N, 1, S, S) thermal frames (ImageBind's thermal trunk, resizable)."""
+class ThermalEncoder(Trunk):
+    """Transformer over (N, 1, S, S) thermal frames (ImageBind's thermal trunk, resizable)."""
 
     def __init__(self, cfg: ThermalConfig) -> None:
-        super().__init__(cfg.vit(), in_chans=1, input_size=(cfg.input_size, cfg.input_size))
+        super().__init__(cfg.trunk())
 
 
-SPEC = register_modality(
-    ModalitySpec(
-        modality=Modality.THERMAL,
-        config_cls=ThermalConfig,
-        preprocessor_cls=ThermalPreprocessor,
-        encoder_cls=ThermalEncoder,
-        augment_cls=ThermalAugment,
-    )
-)
+def example_input() -> np.ndarray:
+    """A 40 x 50 16-bit thermal frame."""
+    return np.random.default_rng(0).integers(0, 65536, (40, 50), dtype=np.uint16)
+
+
+SPEC = register_modality(ModalitySpec(
+    name="thermal", config_cls=ThermalConfig, preprocessor_cls=ThermalPreprocessor, encoder_cls=ThermalEncoder,
+    augment_cls=ThermalAugment, example_input=example_input,
+    render="binder.datasets.render_thermal:render",  # the digits world: a warm digit seen by a thermal camera
+))

@@ -1,10 +1,11 @@
 """Video modality: clips of frames seen through the frozen anchor's image tower.
 
 Preprocessing follows ImageBind's ``imagebind/data.py`` (arXiv 2305.05665, appendix C): several
-clips spread evenly over the video (constant clips sampler; ImageBind: 5 clips of 2 s), a few
-frames per clip chosen uniformly in time (ImageBind: 2), each frame resized on its short side
-(bicubic, antialiased), centre-cropped to the anchor's image size and normalised with the
-anchor's mean and std. One video becomes a tensor ``(K clips, T frames, 3, H, W)``.
+clips placed over the video (:mod:`binder.clips`; ImageBind: 5 clips of 2 s with pytorchvideo's
+constant clips sampler), a few frames per clip chosen uniformly in time (ImageBind: 2), each
+frame resized on its short side (bicubic, antialiased), centre-cropped to the anchor's image size
+and normalised with the anchor's mean and std, read from open_clip's preprocess config. One video
+becomes a tensor ``(K clips, T frames, 3, H, W)``.
 
 Files are decoded with PyAV (``av``): torchcodec does not load here, torchvision's video
 decoding is deprecated in favour of torchcodec (and ImageBind's own loader broke on a removed
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -42,20 +43,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from binder.errors import BinderInputError
-from binder.layers import init_vit_weights
+from binder.anchor import ImageConfig
+from binder.clips import POLICIES, clip_starts
+from binder.config import build_dataclass, merge_overrides
+from binder.errors import BinderConfigError, BinderInputError
+from binder.imaging import resize_center_crop
+from binder.layers import Blocks, init_weights
 from binder.registry import ModalitySpec, register_modality
-from binder.types import Modality
 
 log = logging.getLogger(__name__)
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # used only while no anchor is attached
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_IMAGE_SIZE = (224, 224)
+DEFAULT_IMAGE = ImageConfig()  # CLIP's 224 x 224 and mean/std, used only while no anchor is attached
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 SEEK_GAP = 2.0  # seconds: a target further ahead than this is reached by seeking, not decoding
 PIXEL_GRID = 8  # without an anchor, frames are summarised by an 8 x 8 average pool (3 * 64 values)
@@ -75,6 +75,19 @@ class TemporalConfig:
     pool: str = "cls"  # pooled feature: cls | mean (average of frame tokens)
 
 
+@dataclass
+class TemporalOverrides:
+    """``modality.video.encoder``: settings that replace the preset's (null keeps the preset's)."""
+
+    width: Optional[int] = None
+    depth: Optional[int] = None
+    heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    drop_path: Optional[float] = None
+    dropout: Optional[float] = None
+    pool: Optional[str] = None  # cls | mean
+
+
 PRESETS: Dict[str, TemporalConfig] = {
     # Trains in minutes on 2 CPU cores over a small anchor's frame embeddings.
     "tiny": TemporalConfig(width=128, depth=2, heads=4),
@@ -86,14 +99,13 @@ PRESETS: Dict[str, TemporalConfig] = {
 
 @dataclass
 class VideoConfig:
-    """Video preprocessing + encoder settings; mirrored by configs/modality/video.yaml."""
+    """Video preprocessing + encoder settings (the schema of ``modality=video``)."""
 
-    name: str = "video"  # modality name (registry key)
     mode: str = "temporal"  # temporal: trainable transformer over frozen frame embeddings | pooled: frame average, no training
     preset: str = "tiny"  # temporal transformer size preset: tiny | imagebind
-    encoder: Dict[str, Any] = field(  # overrides of the preset's TemporalConfig (None = keep the preset's)
-        default_factory=lambda: {name: None for name in TemporalConfig.__dataclass_fields__})
+    encoder: TemporalOverrides = field(default_factory=TemporalOverrides)  # overrides of the preset's TemporalConfig
     clips_per_sample: int = 3  # clips per video at inference; embeddings are averaged (ImageBind: 5)
+    clip_policy: str = "spread"  # spread: clips from start to end | imagebind: pytorchvideo's constant clips sampler
     frames_per_clip: int = 2  # frames per clip, uniform in time (ImageBind: 2)
     clip_duration: float = 2.0  # seconds per clip (ImageBind: 2)
     fps: float = 4.0  # frame rate assumed for inputs without timestamps (arrays, image lists, folders) = the digits renderer's
@@ -102,86 +114,55 @@ class VideoConfig:
     temperature: float = 0.05  # fixed InfoNCE temperature
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):  # direct construction with a plain dict
+            self.encoder = build_dataclass(TemporalOverrides, self.encoder, "video encoder")
         if self.mode not in ("temporal", "pooled"):
-            raise BinderInputError(f"video mode must be 'temporal' or 'pooled', got {self.mode!r}")
+            raise BinderConfigError(f"video mode must be 'temporal' or 'pooled', got {self.mode!r}")
         if self.preset not in PRESETS:
-            raise BinderInputError(f"unknown video preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+            raise BinderConfigError(f"unknown video preset {self.preset!r}; expected one of {sorted(PRESETS)}")
         if self.spatial_crops not in (1, 3) or self.interpolation not in ("bicubic", "bilinear"):
-            raise BinderInputError(f"video spatial_crops must be 1 or 3 and interpolation bicubic or bilinear, got "
-                                   f"{self.spatial_crops}, {self.interpolation!r}")
+            raise BinderConfigError(f"video spatial_crops must be 1 or 3 and interpolation bicubic or bilinear, got "
+                                    f"{self.spatial_crops}, {self.interpolation!r}")
+        if self.clip_policy not in POLICIES:
+            raise BinderConfigError(f"video clip_policy must be one of {POLICIES}, got {self.clip_policy!r}")
         if self.clips_per_sample < 1 or self.frames_per_clip < 1 or self.clip_duration <= 0 or self.fps <= 0:
-            raise BinderInputError(
+            raise BinderConfigError(
                 "video clips_per_sample and frames_per_clip must be >= 1 and clip_duration, fps > 0, got "
                 f"{self.clips_per_sample}, {self.frames_per_clip}, {self.clip_duration}, {self.fps}"
             )
 
     def temporal(self) -> TemporalConfig:
         """The preset's TemporalConfig with ``encoder`` overrides applied."""
-        overrides = {k: v for k, v in dict(self.encoder).items() if v is not None}
-        unknown = sorted(set(overrides) - set(TemporalConfig.__dataclass_fields__))
-        if unknown:
-            raise BinderInputError(f"video encoder overrides {unknown} are not TemporalConfig fields")
-        return TemporalConfig(**{**asdict(PRESETS[self.preset]), **overrides})
+        return merge_overrides(PRESETS[self.preset], self.encoder, "video encoder")
 
 
 # ----------------------------------------------------------------------------------------------
 # The anchor's image transform
 # ----------------------------------------------------------------------------------------------
 
-@dataclass
-class FrameSpec:
-    """How a frame becomes an anchor input: crop size, per-channel mean/std, or the anchor's own
-    per-image transform when that is not resize + crop + affine normalisation."""
-
-    size: Tuple[int, int] = DEFAULT_IMAGE_SIZE
-    mean: Tuple[float, ...] = CLIP_MEAN
-    std: Tuple[float, ...] = CLIP_STD
-    transform: Optional[Callable] = None  # PIL image -> (3, H, W), used when set
-
-
-def frame_spec(anchor: Any) -> FrameSpec:
-    """Read the anchor's image size and normalisation off its own transform.
-
-    Uniform black, white and grey images pass through ``anchor.preprocess_image``: the output
-    size is the crop size, and black/white give each channel's affine normalisation (any resize
-    or crop keeps a uniform image uniform). If grey does not fit that affine map, the transform
-    is something else and frames go through ``preprocess_image`` one by one (slower, exact).
-    """
-    def probe(level: int) -> torch.Tensor:
-        return anchor.preprocess_image(Image.new("RGB", (64, 64), (level,) * 3)).float()
-
-    black, white, grey = probe(0), probe(255), probe(128)
-    size = (int(black.shape[-2]), int(black.shape[-1]))
-    lo, hi = black.flatten(1).mean(1), white.flatten(1).mean(1)  # (3,)
-    std = 1.0 / (hi - lo)
-    mean = -lo * std
-    expected = ((128 / 255 - mean) / std)[:, None, None].expand_as(grey)
-    uniform = all(float((x - x.flatten(1).mean(1)[:, None, None]).abs().max()) < 1e-3 for x in (black, white))
-    if black.shape[0] == 3 and uniform and torch.allclose(grey, expected, atol=2e-2):
-        return FrameSpec(size, tuple(mean.tolist()), tuple(std.tolist()))
-    log.info("the anchor's image transform is not resize + crop + normalise: frames use it one by one")
-    return FrameSpec(size, transform=anchor.preprocess_image)
+def frame_spec(anchor: Any) -> ImageConfig:
+    """The anchor's image size, normalisation and resize, from its own preprocess config."""
+    spec = anchor.image_config()
+    if spec.resize_mode != "shortest":
+        log.info("the anchor resizes images with %r: video frames go through its transform one by one",
+                 spec.resize_mode)
+    return spec
 
 
 # ----------------------------------------------------------------------------------------------
 # Decoding
 # ----------------------------------------------------------------------------------------------
 
-def clip_times(duration: float, fps: float, num_clips: int, frames: int, clip: float, train: bool) -> np.ndarray:
+def clip_times(duration: float, fps: float, num_clips: int, frames: int, clip: float, train: bool,
+               policy: str = "spread") -> np.ndarray:
     """Frame times (K, T) in seconds from the video's start.
 
-    Clips of ``clip`` seconds (the whole video if shorter) start evenly over the video (random
-    in training); within a clip, frames are spread uniformly from its first to its last frame,
-    which is what ImageBind's uniform temporal subsampling of a clip's frames picks.
+    Clips of ``clip`` seconds (the whole video if shorter) start where :func:`binder.clips.clip_starts`
+    puts them (random in training); within a clip, frames are spread uniformly from its first to
+    its last frame, which is what ImageBind's uniform temporal subsampling of a clip's frames picks.
     """
     length = min(clip, duration)
-    room = max(duration - length, 0.0)
-    if train:
-        starts = torch.rand(num_clips, dtype=torch.float64).numpy() * room
-    elif num_clips == 1:
-        starts = np.array([room / 2])
-    else:
-        starts = np.linspace(0.0, room, num_clips)
+    starts = clip_starts(duration, length, num_clips, policy, train)
     span = max(length - 1.0 / fps, 0.0)
     offsets = np.linspace(0.0, span, frames) if frames > 1 else np.array([span / 2])
     return starts[:, None] + offsets[None]  # (K, T)
@@ -263,11 +244,13 @@ class VideoPreprocessor:
 
     def __init__(self, cfg: VideoConfig) -> None:
         self.cfg = cfg
-        self.spec = FrameSpec()
+        self.spec = DEFAULT_IMAGE
+        self.transform_one: Optional[Callable] = None  # the anchor's own per-image transform, when needed
 
     def attach_anchor(self, anchor: Any) -> None:
-        """Take the crop size and normalisation from the frozen anchor's image transform."""
+        """Take the crop size and normalisation from the frozen anchor's preprocess config."""
         self.spec = frame_spec(anchor)
+        self.transform_one = anchor.preprocess_image if self.spec.resize_mode != "shortest" else None
 
     # -- decoding --------------------------------------------------------------------------
 
@@ -326,7 +309,7 @@ class VideoPreprocessor:
         k = num_clips or (1 if train else cfg.clips_per_sample)
 
         def times_of(duration: float, fps: float) -> np.ndarray:
-            return clip_times(duration, fps, k, cfg.frames_per_clip, cfg.clip_duration, train)
+            return clip_times(duration, fps, k, cfg.frames_per_clip, cfg.clip_duration, train, cfg.clip_policy)
 
         if isinstance(item, (str, Path)):
             path = Path(item)
@@ -355,11 +338,11 @@ class VideoPreprocessor:
         k, t = clips.shape[:2]
         flat = clips.reshape(k * t, *clips.shape[2:])  # (K T, H, W, 3)
         spec, crops = self.spec, self.cfg.spatial_crops
-        if spec.transform is not None:
+        if self.transform_one is not None:
             if crops != 1:
-                raise BinderInputError("video spatial_crops=3 needs an anchor whose image transform is resize + "
-                                       "crop + normalise")
-            out = torch.stack([spec.transform(Image.fromarray(f)) for f in flat]).float()[None]  # (1, K T, 3, S, S)
+                raise BinderConfigError("video spatial_crops=3 needs an anchor whose image transform is resize + "
+                                        "crop + normalise")
+            out = torch.stack([self.transform_one(Image.fromarray(f)) for f in flat]).float()[None]  # (1, K T, 3, S, S)
         else:
             x = rearrange(torch.from_numpy(np.ascontiguousarray(flat)), "n h w c -> n c h w").float() / 255.0
             out = resize_crops(x, spec.size, crops, self.cfg.interpolation)  # (V, K T, 3, S, S)
@@ -380,17 +363,13 @@ def resize_crops(x: torch.Tensor, size: Tuple[int, int], crops: int = 1, mode: s
     ``SpatialCrop(num_crops=3)``, crops at the start, centre and end of the long side.
     ``bicubic`` is antialiased and clamped to [0, 1] like PIL; ``bilinear`` is pytorchvideo's
     ``ShortSideScale`` (no antialiasing)."""
-    h, w = x.shape[-2:]
-    scale = max(size[0] / h, size[1] / w)
-    nh, nw = max(size[0], int(round(h * scale))), max(size[1], int(round(w * scale)))
-    if (nh, nw) != (h, w):
-        if mode == "bicubic":
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
-        else:
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
     if crops == 1:
-        top, left = (nh - size[0]) // 2, (nw - size[1]) // 2
-        return x[None, ..., top : top + size[0], left : left + size[1]]
+        return resize_center_crop(x, size, mode, clamp=mode == "bicubic")[None]
+    h, w = x.shape[-2:]
+    covering = (max(size[0], int(round(h * max(size[0] / h, size[1] / w)))),
+                max(size[1], int(round(w * max(size[0] / h, size[1] / w)))))
+    x = resize_center_crop(x, covering, mode, clamp=mode == "bicubic")  # resize only: the crop is the whole
+    nh, nw = covering
     dh, dw = nh - size[0], nw - size[1]
     along_h = dh > dw  # portrait: crops run down the height (ImageBind's uniform_crop)
     offsets = [0, math.ceil((dh if along_h else dw) / 2), dh if along_h else dw]
@@ -449,7 +428,7 @@ class VideoEncoder(nn.Module):
     def __init__(self, cfg: VideoConfig) -> None:
         super().__init__()
         self.mode, self.frames = cfg.mode, cfg.frames_per_clip
-        self.image_size: Tuple[int, int] = DEFAULT_IMAGE_SIZE
+        self.image_size: Tuple[int, int] = DEFAULT_IMAGE.size
         object.__setattr__(self, "_anchor", None)  # a plain reference: never a submodule
         self.grad_checkpointing = False
         if self.mode == "temporal":
@@ -462,14 +441,12 @@ class VideoEncoder(nn.Module):
         self.frame_proj = nn.Linear(3 * PIXEL_GRID * PIXEL_GRID, tc.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, tc.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.frames, tc.width))
-        rates = torch.linspace(0, tc.drop_path, tc.depth).tolist()
-        self.blocks = nn.ModuleList(Block(tc.width, tc.heads, mlp_ratio=tc.mlp_ratio, qkv_bias=True, drop_path=r)
-                                    for r in rates)
+        self.blocks = Blocks(tc.width, tc.depth, tc.heads, tc.mlp_ratio, tc.drop_path)
         self.norm = nn.LayerNorm(tc.width, eps=1e-6)
         self.head_drop = nn.Dropout(tc.dropout)
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_vit_weights)
+        self.apply(init_weights)
 
 
     def attach_anchor(self, anchor: Any) -> None:
@@ -478,7 +455,7 @@ class VideoEncoder(nn.Module):
         self.image_size = frame_spec(anchor).size
         if self.mode == "temporal" and self.frame_proj.in_features != anchor.embed_dim:
             self.frame_proj = nn.Linear(anchor.embed_dim, self._width)
-            init_vit_weights(self.frame_proj)
+            init_weights(self.frame_proj)
 
     @property
     def anchor(self) -> Any:
@@ -505,6 +482,8 @@ class VideoEncoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute transformer block activations in backward to save memory."""
         self.grad_checkpointing = enable
+        if self.mode == "temporal":
+            self.blocks.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set:
         """Parameter names excluded from weight decay (timm convention)."""
@@ -520,7 +499,7 @@ class VideoEncoder(nn.Module):
         frames_ok = x.ndim == 5 and (self.mode == "pooled" or x.shape[1] == self.frames)
         if not frames_ok or tuple(x.shape[2:]) != (3, *self.image_size):
             t = "T" if self.mode == "pooled" else str(self.frames)
-            raise ValueError(f"expected video clips of shape (N, {t}, 3, {self.image_size[0]}, "
+            raise BinderInputError(f"expected video clips of shape (N, {t}, 3, {self.image_size[0]}, "
                              f"{self.image_size[1]}), got {tuple(x.shape)}")
 
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -543,11 +522,7 @@ class VideoEncoder(nn.Module):
             return feats
         tokens = self.frame_proj(feats)  # (N, T, width)
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training:
-                tokens = checkpoint(blk, tokens, use_reentrant=False)
-            else:
-                tokens = blk(tokens)
+        tokens = self.blocks(tokens)
         return self.norm(tokens)  # (N, 1 + T, width)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
@@ -560,11 +535,13 @@ class VideoEncoder(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-SPEC = register_modality(
-    ModalitySpec(
-        modality=Modality.VIDEO,
-        config_cls=VideoConfig,
-        preprocessor_cls=VideoPreprocessor,
-        encoder_cls=VideoEncoder,
-    )
-)
+def example_input() -> np.ndarray:
+    """Six seconds of 36 x 40 RGB frames at 4 fps, uint8 (T, H, W, 3)."""
+    return np.random.default_rng(0).integers(0, 256, (24, 36, 40, 3), dtype=np.uint8)
+
+
+SPEC = register_modality(ModalitySpec(
+    name="video", config_cls=VideoConfig, preprocessor_cls=VideoPreprocessor, encoder_cls=VideoEncoder,
+    example_input=example_input,
+    render="binder.datasets.render_video:render",  # the digits world: a moving, rotating digit
+))

@@ -5,6 +5,8 @@
 * Real data (FSDD + MNIST) is found through ``$BINDER_DATA`` or ``<repo>/../shared/data``;
   tests that need it skip when it is absent. ``small_data_root`` is a temp folder of symlinks
   to a few FSDD recordings (and MNIST) so training tests preprocess seconds, not minutes, of audio.
+* ``compose`` composes the packaged Hydra configs (``binder.configs``, what ``binder train`` and
+  ``python train.py`` use) after registering the schemas, as the app does.
 * ``tiny_anchor`` builds the digits anchor once per session through the real Hydra config
   (``experiment=digits_anchor``) with one epoch of three batches.
 """
@@ -19,7 +21,6 @@ import torch
 from omegaconf import DictConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
 
 # Recordings in small_data_root: every digit of one speaker, takes 0 (test) and 5, 6 (train).
 SMALL_SPEAKER, SMALL_TAKES = "jackson", (0, 5, 6)
@@ -74,11 +75,15 @@ def small_data_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 def compose() -> Callable[[List[str]], DictConfig]:
     """``compose(overrides)`` -> the real ``configs/train.yaml`` composed with Hydra."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
 
-    def _compose(overrides: List[str]) -> DictConfig:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return hydra_compose(config_name="train", overrides=list(overrides))
+    from binder.config import register_configs
+
+    register_configs()
+
+    def _compose(overrides: List[str], return_hydra_config: bool = False) -> DictConfig:
+        with initialize_config_module(version_base="1.3", config_module="binder.configs"):
+            return hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
     return _compose
 
@@ -104,10 +109,10 @@ def tiny_anchor(compose, data_root: Path, binder_cache: Path, tmp_path_factory) 
 @pytest.fixture(scope="session")
 def random_anchor():
     """The ``binder-digits`` open_clip config with random weights (no data needed)."""
-    from binder.anchor import build_anchor
+    from binder.anchor import OpenClipAnchor
 
     torch.manual_seed(0)
-    return build_anchor({"model": "binder-digits"})
+    return OpenClipAnchor(model="binder-digits")
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,20 @@ from __future__ import annotations
 import numpy as np
 
 # A shrunk encoder for tests that build one: 1 block, 32 wide (the tiny preset is 4 x 128).
-# `++` merges these keys into `modality.encoder` (its null keys keep the preset's values).
 SMALL_ENCODER = {"depth": 1, "width": 32, "heads": 2}
-SMALL_ENCODER_OVERRIDE = "++modality.encoder={depth:1,width:32,heads:2}"
+
+
+def small_encoder(modality: str = "audio") -> list:
+    """Hydra overrides that shrink ``modality``'s encoder to SMALL_ENCODER."""
+    return [f"modality.{modality}.encoder.{k}={v}" for k, v in SMALL_ENCODER.items()]
+
+
+def set_overrides(encoder) -> dict:
+    """The encoder overrides that were set (null fields keep the preset's value)."""
+    from dataclasses import asdict, is_dataclass
+
+    values = asdict(encoder) if is_dataclass(encoder) else dict(encoder)
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def sine(freq: float = 440.0, seconds: float = 1.0, rate: int = 16000, amp: float = 0.5) -> np.ndarray:

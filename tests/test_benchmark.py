@@ -1,71 +1,99 @@
-"""The five-modality benchmark (``experiment=five_modalities``) and the supervised route."""
+"""The five-modality benchmark (``experiment=five_modalities``, a Hydra multirun) and the
+supervised reference (``experiment=supervised``)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-import binder.benchmark as benchmark
+import binder.recipes.benchmark as benchmark
 from binder.training import train
+from helpers import small_encoder
 
-SMALL = "{modality:{encoder:{depth:1,width:32,heads:2}}}"
-
-
-def tiny_benchmark(run_dir: Path, root: Path, *extra: str) -> list:
-    return [
-        "experiment=five_modalities", "benchmark.modalities=[audio]", f"+benchmark.per_modality.audio={SMALL}",
-        f"data.root={root}", "data.batch_size=8", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-        "trainer.enable_progress_bar=false", "trainer.check_val_every_n_epoch=1", f"run_dir={run_dir}", *extra,
-    ]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMALL = "{modality:{audio:{encoder:{depth:1,width:32,heads:2}}}}"
 
 
-def test_benchmark_writes_table(compose, tiny_anchor, small_data_root, tmp_path, monkeypatch):
-    summary = train(compose(tiny_benchmark(tmp_path, small_data_root)))
-    cells = summary["results"]["audio"]
+def run_app(args: list, env: dict) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` in a fresh interpreter (a multirun is a Hydra launch, not a compose)."""
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], capture_output=True, text=True,
+                         env={**os.environ, **env}, cwd=env.get("CWD", os.getcwd()), timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def tiny_benchmark(root: Path, *extra: str) -> list:
+    return ["experiment=five_modalities", "benchmark.modalities=[audio]", f"+benchmark.per_modality.audio={SMALL}",
+            f"data.root={root}", "data.batch_size=8", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "trainer.check_val_every_n_epoch=1", *extra]
+
+
+def test_benchmark_multirun_writes_table_and_resumes(tiny_anchor, small_data_root, binder_cache, tmp_path):
+    env = {"BINDER_CACHE": str(binder_cache), "BINDER_DATA": str(small_data_root)}
+    sweep = tmp_path / "sweep"
+    first = run_app(tiny_benchmark(small_data_root, f"hydra.sweep.dir={sweep}"), env)
+    for target in ("image", "text", "label"):  # one ordinary run folder per cell
+        cell = sweep / f"audio-{target}"
+        assert json.loads((cell / "status.json").read_text())["status"] == "completed"
+        assert json.loads((cell / "metrics.json").read_text())["target"] == target
+    assert (sweep / "audio-image" / "model" / "config.json").is_file()
+    saved = json.loads((sweep / "table.json").read_text())
+    cells = saved["results"]["audio"]
     assert list(cells) == ["emergent", "text-paired", "supervised"]
     for cell in cells.values():
-        assert 0.0 <= cell["top1"] <= 100.0 and cell["chance"] == pytest.approx(10.0) and cell["n"] == 10
-    for route in ("emergent", "text-paired", "supervised"):  # one run directory per cell
-        assert (tmp_path / "runs" / f"audio-{route}" / "metrics.json").is_file()
-    saved = json.loads((tmp_path / "table.json").read_text())
-    assert saved["results"] == json.loads(json.dumps(summary["results"]))
-    md = (tmp_path / "table.md").read_text()
+        assert cell["chance"] == pytest.approx(10.0) and cell["n"] == 10 and cell["top1"] <= cell["top5"]
+    md = (sweep / "table.md").read_text()
     assert "| audio | 10.0 |" in md and "text-paired" in md and "supervised" in md
-    with Image.open(tmp_path / "table.png") as img:
+    with Image.open(sweep / "table.png") as img:
         assert img.format == "PNG" and img.size[0] > 200
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert not [p for p in sweep.iterdir() if p.name.startswith(".")]
+    assert "| audio |" in first.stdout + first.stderr  # the table is printed at the end
 
-    # Resuming reuses every finished cell: nothing is trained again.
-    monkeypatch.setattr("binder.training.bind", lambda cfg: pytest.fail("retrained a finished cell"))
-    again = train(compose(tiny_benchmark(tmp_path / "again", small_data_root, f"benchmark.resume={tmp_path}")))
-    assert again["results"] == saved["results"]
+    # Resuming reuses every finished cell: nothing is trained again, the table is the same.
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("audio-*/model/model.safetensors")}
+    again = run_app(tiny_benchmark(small_data_root, f"benchmark.resume={sweep}"), {**env, "CWD": str(tmp_path)})
+    assert (again.stdout + again.stderr).count("reused from") == 3
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((sweep / "table.json").read_text())["results"] == saved["results"]
+    assert not (tmp_path / "multirun").exists()  # the sweep ran in the resumed folder
 
 
-def test_supervised_route(compose, tiny_anchor, small_data_root, tmp_path):
-    cfg = compose(["modality=audio", "partner=label", "++modality.encoder={depth:1,width:32,heads:2}",
-                   f"data.root={small_data_root}", "data.batch_size=8", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+def test_supervised_experiment(compose, tiny_anchor, small_data_root, tmp_path):
+    cfg = compose(["experiment=supervised", "modality=audio", *small_encoder("audio"), f"data.root={small_data_root}",
+                   "data.batch_size=8", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
                    "trainer.enable_progress_bar=false", f"run_dir={tmp_path}"])
+    assert cfg.target == "label"
     metrics = train(cfg)
     row = metrics["supervised"]["audio->label (supervised)"]
-    assert row["n"] == 10 and 0 <= row["top1"] <= row["top5"] <= 100
+    assert row["n"] == 10 and row["chance"] == pytest.approx(10.0) and 0 <= row["top1"] <= row["top5"]
     logs = (next((tmp_path / "logs").rglob("metrics.csv"))).read_text()
     assert "train/loss/audio-label" in logs
 
 
-def test_targets_and_markdown():
+def test_label_target_outside_the_supervised_experiment(compose, tmp_path):
+    from binder.errors import BinderConfigError
+
+    with pytest.raises(BinderConfigError, match="experiment=supervised"):
+        train(compose(["target=label", f"run_dir={tmp_path}"]))
+
+
+def test_goals_and_markdown():
     cell = lambda top1: {"top1": top1, "top5": 100.0, "chance": 10.0, "n": 2000}  # noqa: E731
     results = {
         "depth": {"emergent": cell(91.0), "text-paired": cell(95.0), "supervised": cell(98.0)},
         "imu": {"emergent": cell(75.0), "text-paired": cell(90.0), "supervised": cell(97.0)},  # gap 15
         "video": {"emergent": cell(65.0), "text-paired": cell(70.0), "supervised": cell(90.0)},  # below 70
     }
-    targets = benchmark.check_targets(results)
-    assert targets["depth"] == {"emergent_ok": True, "gap": 4.0, "gap_ok": True}
-    assert targets["imu"]["emergent_ok"] and not targets["imu"]["gap_ok"]
-    assert not targets["video"]["emergent_ok"]
-    md = benchmark.format_markdown(results, list(benchmark.ROUTES), targets)
+    checks = benchmark.check_goals(results)
+    assert checks["depth"] == {"emergent_ok": True, "gap": 4.0, "gap_ok": True}
+    assert checks["imu"]["emergent_ok"] and not checks["imu"]["gap_ok"]
+    assert not checks["video"]["emergent_ok"]
+    md = benchmark.format_markdown(results, list(benchmark.COLUMNS.values()), checks)
     rows = [line for line in md.splitlines() if line.startswith("| ") and "modality" not in line]
     assert rows == [
         "| depth | 10.0 | 91.0 | 95.0 | 98.0 | 2000 | yes |",
@@ -74,17 +102,25 @@ def test_targets_and_markdown():
     ]
 
 
-def test_benchmark_rejects_unknown_route(compose, tmp_path):
-    with pytest.raises(ValueError, match="smell"):
-        train(compose(["experiment=five_modalities", "benchmark.routes=[emergent,smell]", f"run_dir={tmp_path}"]))
+def test_benchmark_sweep_is_composed_from_the_lists(compose, tmp_path):
+    from hydra.core.global_hydra import GlobalHydra  # noqa: F401 (compose fixture sets it up)
+    from omegaconf import OmegaConf
+
+    cfg = compose(["experiment=five_modalities", "benchmark.modalities=[audio,depth]", f"run_dir={tmp_path}"],
+                  return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    assert params == {"modality": "audio,depth", "target": "image,text,label"}
+    assert cfg.hydra.mode.name == "MULTIRUN"
 
 
 @pytest.mark.slow
-def test_five_modalities_meet_targets(compose, data_root, tmp_path):
+def test_five_modalities_meet_goals(data_root, tmp_path):
     """The whole experiment with its defaults (about 30 min on 2 CPU cores): every modality's
     emergent top-1 >= 70% on held-out instances and within 10 points of text-paired (issue #3)."""
-    summary = train(compose(["experiment=five_modalities", f"run_dir={tmp_path}", f"paths.cache={tmp_path / 'cache'}",
-                             "trainer.enable_progress_bar=false"]))
+    sweep = tmp_path / "sweep"
+    run_app(["experiment=five_modalities", f"hydra.sweep.dir={sweep}"],
+            {"BINDER_CACHE": str(tmp_path / "cache"), "BINDER_DATA": str(data_root)})
+    summary = json.loads((sweep / "table.json").read_text())
     assert list(summary["results"]) == ["audio", "depth", "thermal", "imu", "video"]
     for modality, cells in summary["results"].items():
         assert set(cells) == {"emergent", "text-paired", "supervised"}, modality

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 import binder
-from binder.errors import BinderInputError
-from binder_datasets.render_depth import render
-from modalities.depth import DepthAugment, DepthConfig, DepthEncoder, DepthPreprocessor
+from binder.errors import BinderConfigError, BinderInputError
+from binder.datasets.render_depth import render
+from binder.modalities.depth import DepthAugment, DepthConfig, DepthEncoder, DepthPreprocessor
 
 FB = 518.857901 * 0.075  # default focal length x baseline (pixel metres)
 
@@ -67,7 +67,7 @@ def test_constant_depth_end_to_end(raw):
 
 def test_tiny_preset_centres_each_map(pre):
     """tiny: each map minus its median valid disparity, holes at that median; distance drops out."""
-    assert pre.cfg.centred and pre.cfg.norm == (0.0, 1.0)
+    assert pre.cfg.inputs.center and (pre.cfg.inputs.mean, pre.cfg.inputs.std) == (0.0, 1.0)
     near, far = ramp(), ramp() + 0.5
     near_x, far_x = pre(near), pre(far)
     assert near_x.abs().max() > 0.5  # the slope and the bump remain
@@ -75,7 +75,7 @@ def test_tiny_preset_centres_each_map(pre):
     holes = near.copy()
     holes[:, :10] = 0.0
     assert pre(holes)[0, 0, 16, 0] == pytest.approx(0.0, abs=0.2)  # a hole reads the median level
-    assert not DepthConfig(preset="imagebind").centred and DepthConfig(preset="imagebind", center=True).centred
+    assert not DepthConfig(preset="imagebind").inputs.center and DepthConfig(preset="imagebind", center=True).inputs.center
 
 
 def test_png_millimetres_equal_float_metres(pre, tmp_path):
@@ -128,13 +128,13 @@ def test_imagebind_preset():
     cfg = DepthConfig(preset="imagebind")
     x = DepthPreprocessor(cfg)(ramp(480, 640))
     assert x.shape == (1, 1, 224, 224)
-    assert cfg.norm == (0.0418, 0.0295)
-    vit = cfg.vit()
-    assert (vit.patch, vit.width, vit.depth, vit.heads) == ((16, 16), 384, 12, 8)
+    assert (cfg.inputs.mean, cfg.inputs.std) == (0.0418, 0.0295)
+    trunk = cfg.trunk()
+    assert (trunk.patch, trunk.width, trunk.depth, trunk.heads, trunk.bias_kv) == ((16, 16), 384, 12, 8, True)
     encoder = DepthEncoder(cfg)
     n_params = sum(p.numel() for p in encoder.parameters())
     assert 20e6 < n_params < 23e6  # ImageBind's depth trunk: 21M
-    assert encoder.grid == (14, 14)
+    assert encoder.pos_embed.shape == (1, 14 * 14 + 1, 384)
 
 
 def test_augment_keeps_shape():
@@ -201,12 +201,12 @@ def test_bad_tensor(pre):
 
 
 def test_bad_config():
-    with pytest.raises(BinderInputError, match="preset"):
+    with pytest.raises(BinderConfigError, match="preset"):
         DepthConfig(preset="huge")
-    with pytest.raises(BinderInputError, match="min_depth"):
+    with pytest.raises(BinderConfigError, match="min_depth"):
         DepthConfig(min_depth=5.0, max_depth=1.0)
-    with pytest.raises(BinderInputError, match="ViTConfig"):
-        DepthConfig(encoder={"wdth": 3}).vit()
+    with pytest.raises(BinderConfigError, match="wdth"):
+        DepthConfig(encoder={"wdth": 3}).trunk()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import binder
-from binder.errors import BinderInputError
+from binder.errors import BinderConfigError, BinderInputError
 from binder.types import Modality
-from binder_datasets.digits import DigitsConfig, DigitsDataModule, DigitsWorld
-from binder_datasets.fsdd import list_recordings
-from binder_datasets.mnist import load_mnist, read_idx
+from binder.datasets.digits import DigitsConfig, DigitsDataModule, DigitsWorld
+from binder.datasets.fsdd import list_recordings
+from binder.datasets.mnist import load_mnist, read_idx
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_speakers_holdout(data_root):
 
 
 def test_bad_holdout_settings(data_root):
-    with pytest.raises(BinderInputError, match="holdout"):
+    with pytest.raises(BinderConfigError, match="holdout"):
         DigitsConfig(holdout="random")
     w = DigitsWorld(DigitsConfig(root=str(data_root), holdout="speakers", test_speakers=["nobody"]))
     with pytest.raises(BinderInputError, match="test split"):
@@ -63,14 +63,14 @@ def test_mnist_holdout(world):
 def test_datamodule_pairs_share_labels_and_respect_splits(small_data_root, random_anchor):
     """Every (audio, image) pair: the image is an MNIST instance of the recording's digit, from
     the same split; train partners are redrawn on each read, test partners are fixed."""
-    spec = binder.get_modality("audio")
-    cfg = spec.config_cls()
-    dm = DigitsDataModule(DigitsConfig(root=str(small_data_root), batch_size=4), Modality.AUDIO,
-                          spec.preprocessor_cls(cfg), random_anchor, augment=spec.augment_cls(cfg))
+    model = binder.BindModel(random_anchor, {"audio": {}})
+    dm = DigitsDataModule(model, ["audio"], "image", root=str(small_data_root), batch_size=4)
     dm.setup()
     world = dm.world
-    assert len(dm.train_set) == 20 and len(dm.test_set) == 10
-    assert all(Path(p).stem.endswith("_0") for p in dm.test_ids)  # small root: take 0 is the test take
+    train_set, test_set = dm.train_sets["audio"], dm.val_sets["audio"]
+    test_ids, test_labels = dm.zero_shot_set("audio")
+    assert len(train_set) == 20 and len(test_set) == 10
+    assert all(Path(p).stem.endswith("_0") for p in test_ids)  # small root: take 0 is the test take
 
     # Identify each partner image by content among all preprocessed MNIST instances.
     everything = torch.stack([random_anchor.preprocess_image(world.pil(i)) for i in range(len(world.images))])
@@ -83,7 +83,7 @@ def test_datamodule_pairs_share_labels_and_respect_splits(small_data_root, rando
         assert len(labels) == 1
         return hits[0]
 
-    for split, ds in (("train", dm.train_set), ("test", dm.test_set)):
+    for split, ds in (("train", train_set), ("test", test_set)):
         for i in range(len(ds)):
             item = ds[i]
             assert set(item) == {Modality.AUDIO, Modality.IMAGE, "label"}
@@ -93,33 +93,32 @@ def test_datamodule_pairs_share_labels_and_respect_splits(small_data_root, rando
         assert sorted({int(ds[i]["label"]) for i in range(len(ds))}) == list(range(10))
 
     # The audio side: recordings' digits from the file names.
-    assert [int(Path(p).name[0]) for p in dm.test_ids] == list(dm.test_labels)
+    assert [int(Path(p).name[0]) for p in test_ids] == list(test_labels)
     # Train: a fresh partner on every read; test: the same one every time.
-    seen = {mnist_index(dm.train_set[0][Modality.IMAGE]) for _ in range(6)}
+    seen = {mnist_index(train_set[0][Modality.IMAGE]) for _ in range(6)}
     assert len(seen) > 1
-    fixed = {mnist_index(dm.test_set[0][Modality.IMAGE]) for _ in range(3)}
+    fixed = {mnist_index(test_set[0][Modality.IMAGE]) for _ in range(3)}
     assert len(fixed) == 1
     # Augmentation only on training items: test audio is the same on every read.
-    assert dm.train_set.augment is not None and dm.test_set.augment is None
-    assert torch.equal(dm.test_set[0][Modality.AUDIO], dm.test_set[0][Modality.AUDIO])
-    assert not torch.equal(dm.train_set[0][Modality.AUDIO], dm.train_set[0][Modality.AUDIO])
-    batch = next(iter(dm.train_dataloader()))
+    assert train_set.augment is not None and test_set.augment is None
+    assert torch.equal(test_set[0][Modality.AUDIO], test_set[0][Modality.AUDIO])
+    assert not torch.equal(train_set[0][Modality.AUDIO], train_set[0][Modality.AUDIO])
+    batch = next(iter(dm.train_dataloader()["audio"]))
     assert batch[Modality.AUDIO].shape == (4, 1, 1, 128, 204) and batch[Modality.IMAGE].shape == (4, 3, 28, 28)
 
 
 def test_text_partner_pairs_share_labels(small_data_root, random_anchor):
-    from binder_datasets.digits import CLASSNAMES, TEMPLATES
+    from binder.datasets.digits import CLASSNAMES, TEMPLATES
 
-    spec = binder.get_modality("audio")
-    pre = spec.preprocessor_cls(spec.config_cls())
-    dm = DigitsDataModule(DigitsConfig(root=str(small_data_root)), Modality.AUDIO, pre, random_anchor, partner="text")
+    model = binder.BindModel(random_anchor, {"audio": {}})
+    dm = DigitsDataModule(model, ["audio"], "text", root=str(small_data_root))
     dm.setup()
     captions = {}
     for t in TEMPLATES:
         for c, name in enumerate(CLASSNAMES):
             captions[tuple(random_anchor.tokenize([t.format(name)])[0].tolist())] = c
-    for i in range(len(dm.train_set)):
-        item = dm.train_set[i]
+    for i in range(len(dm.train_sets["audio"])):
+        item = dm.train_sets["audio"][i]
         assert captions[tuple(item[Modality.TEXT].tolist())] == item["label"]
 
 

@@ -1,4 +1,4 @@
-"""binder_datasets.download against a local HTTP server serving copies of the real data."""
+"""binder.datasets.download against a local HTTP server serving copies of the real data."""
 from __future__ import annotations
 
 import functools
@@ -13,9 +13,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from binder_datasets import download as dl
-from binder_datasets.fsdd import list_recordings
-from binder_datasets.mnist import load_mnist
+from binder.datasets import download as dl
+from binder.datasets.fsdd import list_recordings
+from binder.datasets.mnist import load_mnist
 
 from binder.errors import BinderInputError
 

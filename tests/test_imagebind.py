@@ -132,16 +132,16 @@ def test_mapping_consumes_every_official_key(reference, model):
 
 
 def test_sizes_inferred_from_shapes(model):
-    t = model.trunk_configs
+    t = {m: model.encoders[m].cfg for m in BOUND}  # binder's own encoders with the imagebind preset
     assert [t[m].width for m in BOUND] == [48, 32, 48, 32]
     assert [t[m].depth for m in BOUND] == [2, 1, 1, 2]
     assert [t[m].heads for m in BOUND] == [12, 8, 12, 8]
-    assert t[Modality.AUDIO].kernel == (16, 16) and t[Modality.AUDIO].stride == (10, 10)
+    assert t[Modality.AUDIO].patch == (16, 16) and t[Modality.AUDIO].stride == (10, 10)
     assert t[Modality.AUDIO].drop_path == 0.1 and t[Modality.IMU].drop_path == 0.7
-    assert t[Modality.IMU].kernel == (8,) and t[Modality.IMU].head_dropout == 0.5
+    assert t[Modality.IMU].patch == (8,) and t[Modality.IMU].dropout == 0.5
     assert t[Modality.DEPTH].stride == (16, 16) and all(t[m].bias_kv for m in BOUND)
     vision, text = model.anchor.vision.cfg, model.anchor.text.cfg
-    assert (vision.kernel, vision.width, vision.depth, vision.pre_norm, vision.bias_kv) == ((2, 14, 14), 64, 2, True, False)
+    assert (vision.patch, vision.width, vision.depth, vision.pre_norm, vision.bias_kv) == ((2, 14, 14), 64, 2, True, False)
     assert (text.context_length, text.width, text.depth, text.vocab_size) == (77, 64, 2, 49408)
     assert model.anchor.embed_dim == 32
     assert model.bound_modalities == BOUND and Modality.VIDEO in model.modalities
@@ -150,6 +150,45 @@ def test_sizes_inferred_from_shapes(model):
     assert [model.temperature(m) for m in BOUND] == [0.05, 0.2, 0.1, 0.2]
     assert [model.logit_scale(m) for m in BOUND] == pytest.approx([20.0, 5.0, 10.0, 5.0])
     assert model.logit_scale("text") == pytest.approx(1 / 0.07)
+
+
+def test_preset_encoders_take_the_official_weights(reference, model):
+    """One architecture: encoders built fresh from binder's configs with the ``imagebind`` preset
+    (sized like the reduced checkpoint) have exactly the official trunks' keys and shapes, load
+    the official weights strictly, and give the reference outputs."""
+    from binder.imagebind.mapping import convert
+    from binder.model import BindModel, build_config
+
+    sizes = {m: {"width": SIZES[f"{m}_embed_dim"], "depth": SIZES[f"{m}_num_blocks"], "heads": SIZES[f"{m}_num_heads"]}
+             for m in BOUND}
+    fresh = BindModel(model.anchor, {m: build_config(m, {"preset": "imagebind", "encoder": sizes[m]}) for m in BOUND})
+    mapped, unknown = convert(reference.state_dict(), BOUND)
+    ours = {k: v for k, v in fresh.state_dict().items() if not k.startswith("anchor.")}
+    assert not unknown
+    assert set(ours) == set(mapped)  # the same keys: nothing missing, nothing extra
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in mapped.items()}
+    result = fresh.load_state_dict(mapped, strict=False)
+    assert not result.unexpected_keys and all(k.startswith("anchor.") for k in result.missing_keys)
+    inputs = {k: v for k, v in tensor_inputs().items() if k in BOUND}
+    with torch.no_grad():
+        theirs, mine = reference(inputs), fresh.eval()(inputs)
+    for m in BOUND:
+        _assert_match(mine[m], theirs[m], f"fresh {m} encoder")
+
+
+def test_full_size_presets_have_imagebind_sizes():
+    """The full ``imagebind`` presets: ImageBind's parameter counts (audio/thermal 85M, depth 21M,
+    IMU 19M in the paper's appendix) and its token grids."""
+    from binder.registry import get_modality
+
+    counts = {}
+    for m in BOUND:
+        spec = get_modality(m)
+        encoder = spec.encoder_cls(spec.config_cls(preset="imagebind"))
+        counts[m] = sum(p.numel() for p in encoder.parameters()) / 1e6
+        assert encoder.cfg.bias_kv and encoder.cfg.patch_norm
+    assert counts["audio"] == pytest.approx(85.5, abs=1.0) and counts["thermal"] == pytest.approx(85.5, abs=1.0)
+    assert counts["depth"] == pytest.approx(21.4, abs=0.6) and counts["imu"] == pytest.approx(18.8, abs=0.6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,7 +209,7 @@ def test_embeddings_match_reference(reference, model):
         ours = model({(Modality.IMAGE if k == "vision" else k): v for k, v in inputs.items()})
     assert set(ours) == {Modality.IMAGE, Modality.TEXT, *BOUND}
     for name, z in ours.items():
-        _assert_match(z, theirs[OFFICIAL_NAME.get(name, name.value)], name.value)
+        _assert_match(z, theirs[OFFICIAL_NAME.get(name, name)], name)
 
 
 def test_single_clip_audio_and_video_match_reference(reference, model):
@@ -287,12 +326,12 @@ def test_incomplete_or_mismatched_checkpoint(reference, tmp_path):
 def test_save_load_round_trip(model, tmp_path):
     folder = binder.save(model, tmp_path / "model")
     config = json.loads((folder / "config.json").read_text())
-    assert config["architecture"] == "imagebind" and sorted(config["trunks"]) == ["audio", "depth", "imu", "thermal"]
-    assert config["anchor"] == {"type": "imagebind", "model": "imagebind", "precision": "fp32",
+    assert config["architecture"] == "imagebind" and sorted(config["modalities"]) == ["audio", "depth", "imu", "thermal"]
+    assert config["anchor"] == {"kind": "imagebind", "model": "imagebind", "precision": "fp32",
                                 "pretrained": "anchor/imagebind_anchor.safetensors"}
     assert not list(folder.rglob("*.pth"))  # safetensors + JSON only
     again = binder.load(folder)
-    assert isinstance(again, ImageBindModel) and again.trunk_configs == model.trunk_configs
+    assert isinstance(again, ImageBindModel) and again.configs == model.configs
     inputs = tensor_inputs(2, seed=3)
     inputs[Modality.IMAGE] = inputs.pop("vision")
     with torch.no_grad():

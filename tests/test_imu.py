@@ -6,14 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import binder
-from binder.errors import BinderInputError
-from binder.model import build_config
-from binder.types import Modality
-from binder_datasets import render_imu
-from modalities.imu import IMUConfig, IMUEncoder, IMUPreprocessor, WindowEmbed
+from binder.errors import BinderConfigError, BinderInputError
+from binder.datasets import render_imu
+from binder.modalities.imu import IMUConfig, IMUEncoder, IMUPreprocessor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_SHAPE = (3, 6, 250)  # 3 clips x 6 channels x 5 s at 50 Hz
@@ -59,12 +56,6 @@ def digit_zero() -> np.ndarray:
 # Config
 # ----------------------------------------------------------------------------------------------
 
-def test_yaml_equals_dataclass_defaults():
-    values = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "configs" / "modality" / "imu.yaml"))
-    assert set(values) == set(IMUConfig.__dataclass_fields__)
-    assert build_config(Modality.IMU, values) == IMUConfig()
-
-
 def test_imagebind_preset_is_6_by_2000():
     cfg = IMUConfig(preset="imagebind")
     assert (cfg.rate, cfg.num_samples, cfg.temperature) == (400.0, 2000, 0.2)
@@ -72,8 +63,9 @@ def test_imagebind_preset_is_6_by_2000():
     assert tuple(x.shape) == (3, 6, 2000)
     # No normalisation in ImageBind's preset: a 5 s recording at 400 Hz passes through unchanged.
     torch.testing.assert_close(x[0], torch.from_numpy(regular(5.0, 400).T.copy()))
-    vit = cfg.vit()
-    assert (vit.patch, vit.width, vit.depth, vit.heads, vit.drop_path, vit.dropout) == ((1, 8), 512, 6, 8, 0.7, 0.5)
+    trunk = cfg.trunk()
+    assert (trunk.patch, trunk.width, trunk.depth, trunk.heads, trunk.drop_path, trunk.dropout) == ((8,), 512, 6, 8, 0.7, 0.5)
+    assert trunk.bias_kv and trunk.patch_norm and trunk.logit_scale == 5.0
 
 
 def test_encoder_honours_overrides():
@@ -83,9 +75,9 @@ def test_encoder_honours_overrides():
     assert tuple(tokens.shape) == (2, 1 + 25, 32)
     with pytest.raises(ValueError, match="6, 250"):
         enc(torch.zeros(2, 3, 250))
-    with pytest.raises(BinderInputError, match="stem"):
-        IMUConfig(encoder={"stem": "conv"}).vit()
-    with pytest.raises(BinderInputError, match="preset"):
+    with pytest.raises(BinderConfigError, match="stem"):
+        IMUConfig(encoder={"stem": "conv"}).trunk()
+    with pytest.raises(BinderConfigError, match="preset"):
         IMUConfig(preset="huge")
 
 
@@ -93,15 +85,15 @@ def test_window_stem_matches_explicit_loop():
     """Token s holds channel c, sample k of window s at position c * window + k (ImageBind's
     unfold + reshape), then the bias-free Linear."""
     torch.manual_seed(0)
-    stem = WindowEmbed(6, window=8, hop=8, width=16)
-    x = torch.randn(2, 6, 1, 64)
-    out = stem(x)  # (N, D, 1, S)
-    assert tuple(out.shape) == (2, 16, 1, 8)
+    enc = IMUEncoder(IMUConfig(encoder={"patch": 8, "width": 16, "heads": 2, "depth": 1}, clip_duration=1.28))
+    x = torch.randn(2, 6, 64)
+    out = enc.tokenize(x)  # (N, S, D)
+    assert tuple(out.shape) == (2, 8, 16)
     for n in range(2):
         for s in range(8):
-            vec = torch.stack([x[n, c, 0, s * 8 + k] for c in range(6) for k in range(8)])  # (48,)
-            torch.testing.assert_close(out[n, :, 0, s], stem.proj.weight @ vec)
-    assert stem.proj.bias is None
+            vec = torch.stack([x[n, c, s * 8 + k] for c in range(6) for k in range(8)])  # (48,)
+            torch.testing.assert_close(out[n, s], enc.patch_embed.weight @ vec)
+    assert enc.patch_embed.bias is None
 
 
 # ----------------------------------------------------------------------------------------------

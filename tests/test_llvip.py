@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import binder
-from binder.errors import BinderInputError
+from binder.errors import BinderConfigError, BinderInputError
 from binder.types import Modality
-from binder_datasets.llvip import LLVIPConfig, LLVIPDataModule, find_pairs, llvip_root, recall_at_k
-from helpers import SMALL_ENCODER, SMALL_ENCODER_OVERRIDE
+from binder.datasets.llvip import LLVIPConfig, LLVIPDataModule, find_pairs, llvip_root, recall_at_k
+from helpers import SMALL_ENCODER, small_encoder
 
 N_SAMPLES = 44
 
@@ -33,8 +33,7 @@ def thermal_model(random_anchor):
 
 
 def _datamodule(model, root: Path, **cfg) -> LLVIPDataModule:
-    pre = model.preprocessors[Modality.THERMAL]
-    return LLVIPDataModule(LLVIPConfig(root=str(root), **cfg), Modality.THERMAL, pre, model.anchor)
+    return LLVIPDataModule(model, ["thermal"], "image", root=str(root), **cfg)
 
 
 def _write_pair(root: Path, name: str, sub: str = "", seed: int = 0) -> None:
@@ -66,12 +65,13 @@ def test_default_root_is_data_root(llvip_dir):
 def test_real_samples_datamodule(llvip_dir, thermal_model):
     dm = _datamodule(thermal_model, llvip_dir, batch_size=8, validate=False)
     dm.setup()
-    assert len(dm.train_set) + len(dm.val_set) == N_SAMPLES and not dm.skipped
-    batch = next(iter(dm.train_dataloader()))
+    assert len(dm.train_pairs) + len(dm.val_pairs) == N_SAMPLES and not dm.skipped
+    batch = next(iter(dm.train_dataloader()["thermal"]))
     assert batch[Modality.THERMAL].shape == (8, 1, 1, 32, 32)
     assert batch[Modality.IMAGE].shape == (8, 3, 28, 28)
-    val = next(iter(dm.val_dataloader()))
-    assert val[Modality.THERMAL].shape[0] == len(dm.val_set)  # the whole validation set in one batch
+    (val_loader,) = dm.val_dataloader()
+    val = next(iter(val_loader))
+    assert val[Modality.THERMAL].shape[0] == len(dm.val_pairs)  # the whole validation set in one batch
     z = thermal_model.encode(Modality.THERMAL, batch[Modality.THERMAL])
     assert torch.isfinite(z).all()
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(8))
@@ -83,11 +83,11 @@ def test_train_fast_dev_run_on_real_samples(compose, tiny_anchor, llvip_dir, tmp
     from binder.training import train
 
     cfg = compose(["modality=thermal", "data=llvip", f"data.root={llvip_dir}", "data.batch_size=8", "data.validate=false",
-                   SMALL_ENCODER_OVERRIDE, "trainer.fast_dev_run=2", "trainer.enable_progress_bar=false",
+                   *small_encoder("thermal"), "trainer.fast_dev_run=2", "trainer.enable_progress_bar=false",
                    f"run_dir={tmp_path}"])
     metrics = train(cfg)
-    assert metrics["modality"] == "thermal" and metrics["zero_shot"] == {}
-    assert json.loads((tmp_path / "metrics.json").read_text())["modality"] == "thermal"
+    assert metrics["modalities"] == ["thermal"] and metrics["zero_shot"] == {}
+    assert json.loads((tmp_path / "metrics.json").read_text())["modalities"] == ["thermal"]
     model = binder.load(tmp_path / "model")
     files = sorted((llvip_dir / "infrared").glob("*.jpg"))[:3]
     z = model.embed(thermal=files, progress=False, device="cpu")[Modality.THERMAL]
@@ -111,7 +111,7 @@ def test_unpaired_and_unreadable_files_are_skipped(tmp_path, thermal_model, capl
     dm = _datamodule(thermal_model, tmp_path, val_fraction=0.3)
     dm.setup()
     assert dm.skipped == {"unpaired file": 2, "unreadable": 1}
-    assert len(dm.train_set) + len(dm.val_set) == 5
+    assert len(dm.train_pairs) + len(dm.val_pairs) == 5
     assert "000002.jpg" in caplog.text and "partner" in caplog.text
 
 
@@ -121,8 +121,8 @@ def test_unreadable_at_read_time_is_skipped(tmp_path, thermal_model):
     dm = _datamodule(thermal_model, tmp_path, validate=False, val_fraction=0.0, batch_size=3)
     dm.setup()
     (tmp_path / "infrared" / "1.png").write_bytes(b"garbage")
-    batch = next(iter(dm.train_dataloader()))
-    assert batch[Modality.THERMAL].shape[0] == 2 and dm.train_set.failures["1.png"] == 1
+    batch = next(iter(dm.train_dataloader()["thermal"]))
+    assert batch[Modality.THERMAL].shape[0] == 2 and dm.train_sets["thermal"].failures["1.png"] == 1
 
 
 def test_official_layout(tmp_path, thermal_model):
@@ -146,19 +146,20 @@ def test_nothing_usable_is_an_error(tmp_path, thermal_model):
     assert str(tmp_path) in str(err.value)
 
 
-def test_wrong_modality_or_partner(random_anchor):
+def test_wrong_modality_or_target(random_anchor, thermal_model):
     audio = binder.BindModel(random_anchor, {"audio": {"encoder": SMALL_ENCODER}})
-    with pytest.raises(BinderInputError, match="thermal"):
-        LLVIPDataModule(LLVIPConfig(), Modality.AUDIO, audio.preprocessors[Modality.AUDIO], random_anchor)
-    with pytest.raises(BinderInputError, match="partner"):
-        LLVIPDataModule(LLVIPConfig(), Modality.THERMAL, None, random_anchor, partner="text")
-    with pytest.raises(BinderInputError, match="val_fraction"):
+    with pytest.raises(BinderConfigError, match="thermal"):
+        LLVIPDataModule(audio, ["audio"], "image")
+    with pytest.raises(BinderConfigError, match="text"):
+        LLVIPDataModule(thermal_model, ["thermal"], "text")
+    with pytest.raises(BinderConfigError, match="val_fraction"):
         LLVIPConfig(val_fraction=1.5)
+    with pytest.raises(BinderConfigError, match="batchsize"):
+        LLVIPDataModule(thermal_model, ["thermal"], "image", batchsize=3)
 
 
-def test_yaml_mirrors_config():
-    from omegaconf import OmegaConf
+def test_composed_config_is_the_dataclass(compose, tmp_path):
+    from binder.config import build_dataclass
 
-    values = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent.parent / "configs" / "data" / "llvip.yaml"))
-    assert values.pop("kind") == "llvip" and values.pop("augment") is True
-    assert LLVIPConfig(**values) == LLVIPConfig()
+    cfg = compose(["modality=thermal", "data=llvip", f"run_dir={tmp_path}"])
+    assert build_dataclass(LLVIPConfig, cfg.data, "data") == LLVIPConfig()

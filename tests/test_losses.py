@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from binder.anchor_training import multi_positive_clip_loss
+from binder.recipes.digits_anchor import multi_positive_clip_loss
 from binder.evaluation import topk_accuracy
 from binder.losses import SymmetricInfoNCE
 

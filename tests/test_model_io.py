@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import binder
-from binder.anchor import build_anchor
+from binder.anchor import OpenClipAnchor
 from binder.errors import BinderInputError, ModelLoadError, NoDefaultModelError
 from binder.model import BindModel
 from binder.types import Modality
@@ -31,7 +35,7 @@ def make_model(anchor, seed: int = 0) -> BindModel:
 @pytest.fixture(scope="module")
 def file_anchor(anchor_file):
     """The random anchor, loaded from a local checkpoint file (so saving bundles a copy)."""
-    return build_anchor({"model": "binder-digits", "pretrained": str(anchor_file)})
+    return OpenClipAnchor(model="binder-digits", pretrained=str(anchor_file))
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +67,44 @@ def _embed_all(m, inputs):
 # Round trip
 # ----------------------------------------------------------------------------------------------
 
-def test_saved_folder_contents(saved, anchor_file):
+def test_saved_folder_contents(saved, anchor_file, file_anchor):
     assert saved.is_dir()
     assert (saved / "config.json").is_file() and (saved / "model.safetensors").is_file()
-    bundled = saved / "anchor" / anchor_file.name
-    assert bundled.is_file() and bundled.read_bytes() == anchor_file.read_bytes()
+    # The anchor is bundled in open_clip's own folder format.
+    assert (saved / "anchor" / "open_clip_config.json").is_file()
+    assert load_file(str(saved / "anchor" / "open_clip_model.safetensors")).keys() == load_file(str(anchor_file)).keys()
     config = json.loads((saved / "config.json").read_text())
     assert config["format"] == "binder" and config["embed_dim"] == 128
-    assert config["anchor"]["pretrained"] == f"anchor/{anchor_file.name}"  # relative: folder is portable
-    assert config["modalities"]["audio"]["encoder"] == SMALL_ENCODER
+    assert config["anchor"]["model"] == "local-dir:anchor"  # relative: the folder is portable
+    assert config["anchor_fingerprint"] == file_anchor.fingerprint()
+    assert {k: v for k, v in config["modalities"]["audio"]["encoder"].items() if v is not None} == SMALL_ENCODER
     assert config["modalities"]["audio"]["clips_per_sample"] == 2
+    assert set(config["files"]) == {"model.safetensors", "anchor/open_clip_config.json", "anchor/open_clip_model.safetensors"}
+    assert all(len(d) == 64 for d in config["files"].values())
     weights = load_file(str(saved / "model.safetensors"))
     assert weights and not any(k.startswith("anchor.") for k in weights)  # the frozen anchor is not duplicated
     assert not [p.name for p in saved.parent.iterdir() if p.name.startswith(".")]  # no temp folders
+
+
+def test_saved_files_have_normal_permissions(saved):
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [saved, *saved.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        want = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert mode == want, f"{path}: {oct(mode)} != {oct(want)}"
+
+
+def test_bundled_anchor_loads_with_open_clip_alone(saved, file_anchor):
+    """open_clip reads the bundled folder without binder (a fresh interpreter, binder not imported)."""
+    code = ("import sys, open_clip, torch\n"
+            "m, _, pre = open_clip.create_model_and_transforms(f'local-dir:{sys.argv[1]}')\n"
+            "assert 'binder' not in sys.modules\n"
+            "print(pre.transforms[0].size, float(sum(p.double().sum() for p in m.parameters())))")
+    out = subprocess.run([sys.executable, "-c", code, str(saved / "anchor")], capture_output=True, text=True, check=True)
+    size, total = out.stdout.split()
+    assert int(size) == 28
+    assert float(total) == pytest.approx(float(sum(p.double().sum() for p in file_anchor.model.parameters())), rel=1e-9)
 
 
 def test_round_trip_gives_identical_embeddings(model, saved, inputs, tmp_path):
@@ -102,11 +131,13 @@ def test_round_trip_changes_with_weights(model, saved, inputs, file_anchor):
     assert not torch.allclose(a, b, atol=1e-3)
 
 
-def test_random_anchor_is_not_bundled(random_anchor, tmp_path):
-    path = binder.save(make_model(random_anchor), tmp_path / "m")
-    assert not (path / "anchor").exists()
-    assert json.loads((path / "config.json").read_text())["anchor"]["pretrained"] is None
-    assert isinstance(binder.load(path), BindModel)
+def test_random_anchor_is_bundled(random_anchor, tmp_path, inputs):
+    """Random weights cannot be recreated from a name: they are saved with the model."""
+    model = make_model(random_anchor)
+    path = binder.save(model, tmp_path / "m")
+    assert (path / "anchor" / "open_clip_model.safetensors").is_file()
+    loaded = binder.load(path)
+    torch.testing.assert_close(_embed_all(loaded, inputs)["image"], _embed_all(model, inputs)["image"], rtol=0, atol=0)
 
 
 def test_overwrite_existing_model(file_anchor, tmp_path, inputs):
@@ -185,7 +216,7 @@ def test_load_folder_without_config(copy_of_saved):
 
 def test_load_config_not_json(copy_of_saved):
     (copy_of_saved / "config.json").write_text("{ this is not json")
-    with pytest.raises(ModelLoadError, match="not valid JSON"):
+    with pytest.raises(ModelLoadError, match="not valid UTF-8 JSON"):
         binder.load(copy_of_saved)
 
 
@@ -212,35 +243,49 @@ def test_load_missing_weights(copy_of_saved):
 def test_load_truncated_weights(copy_of_saved):
     w = copy_of_saved / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    with pytest.raises(ModelLoadError, match="safetensors"):
+    with pytest.raises(ModelLoadError, match="SHA-256"):
         binder.load(copy_of_saved)
+    with pytest.raises(ModelLoadError, match="not a readable safetensors file"):
+        binder.load(copy_of_saved, verify=False)
 
 
 def test_load_corrupt_weights(copy_of_saved):
     (copy_of_saved / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(ModelLoadError, match="safetensors"):
+    with pytest.raises(ModelLoadError, match="not a readable safetensors file"):
+        binder.load(copy_of_saved, verify=False)
+
+
+def test_flipped_bytes_are_caught(copy_of_saved, inputs):
+    """64 bytes changed inside the tensor data: still a valid safetensors file, but not the model."""
+    w = copy_of_saved / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0x55 for b in data[middle : middle + 64])
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="model.safetensors.*SHA-256"):
         binder.load(copy_of_saved)
+    binder.load(copy_of_saved, verify=False)  # loads: the file itself is well-formed
 
 
 def test_load_weights_missing_key(copy_of_saved):
     key = "heads.audio.weight"
     _rewrite_weights(copy_of_saved, lambda s: s.pop(key))
     with pytest.raises(ModelLoadError, match="missing") as err:
-        binder.load(copy_of_saved)
+        binder.load(copy_of_saved, verify=False)
     assert key in str(err.value)
 
 
 def test_load_weights_unexpected_key(copy_of_saved):
     _rewrite_weights(copy_of_saved, lambda s: s.__setitem__("encoders.audio.extra", torch.zeros(3)))
     with pytest.raises(ModelLoadError, match="unexpected"):
-        binder.load(copy_of_saved)
+        binder.load(copy_of_saved, verify=False)
 
 
 def test_load_weights_wrong_shape(copy_of_saved):
     key = "heads.audio.weight"
     _rewrite_weights(copy_of_saved, lambda s: s.__setitem__(key, torch.zeros(7, 5)))
     with pytest.raises(ModelLoadError, match="shape") as err:
-        binder.load(copy_of_saved)
+        binder.load(copy_of_saved, verify=False)
     assert key in str(err.value)
 
 
@@ -309,7 +354,7 @@ def test_embed_bad_inputs_name_them(no_default, model, tmp_path):
         binder.embed(audio=[tmp_path / "missing.wav"], progress=False)
     with pytest.raises(BinderInputError, match="missing.png"):
         binder.embed(image=[tmp_path / "missing.png"], progress=False)
-    with pytest.raises(BinderInputError, match="strings"):
-        binder.embed(text=[3], progress=False)
+    with pytest.raises(BinderInputError, match="text input 1 is a int"):
+        binder.embed(text=["a", 3], progress=False)
     with pytest.raises(BinderInputError, match="smell"):
         binder.embed(smell=["x"], progress=False)

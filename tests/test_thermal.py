@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from binder.errors import BinderInputError
-from binder_datasets.render_thermal import HEIGHT, WIDTH, render, scene
-from modalities.thermal import ThermalAugment, ThermalConfig, ThermalEncoder, ThermalPreprocessor
+from binder.errors import BinderConfigError, BinderInputError
+from binder.datasets.render_thermal import HEIGHT, WIDTH, render, scene
+from binder.modalities.thermal import ThermalAugment, ThermalConfig, ThermalEncoder, ThermalPreprocessor
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +86,14 @@ def test_imagebind_preset():
     cfg = ThermalConfig(preset="imagebind")
     x = ThermalPreprocessor(cfg)(frame8(1024, 1280))
     assert x.shape == (1, 1, 224, 224)
-    vit = cfg.vit()
-    assert (vit.patch, vit.width, vit.depth, vit.heads) == ((16, 16), 768, 12, 12)
+    trunk = cfg.trunk()
+    assert (trunk.patch, trunk.width, trunk.depth, trunk.heads, trunk.logit_scale) == ((16, 16), 768, 12, 12, 10.0)
 
 
 def test_tiny_encoder_and_augment():
     cfg = ThermalConfig()
     x = ThermalPreprocessor(cfg)(frame8())  # (1, 1, 32, 32)
-    assert ThermalEncoder(cfg)(x).shape == (1, cfg.vit().width)
+    assert ThermalEncoder(cfg)(x).shape == (1, cfg.trunk().width)
     torch.manual_seed(0)
     y = ThermalAugment(cfg)(x[0].clone())
     assert y.shape == x[0].shape and torch.isfinite(y).all() and not torch.equal(y, x[0])
@@ -145,7 +145,7 @@ def test_values_beyond_bit_depth():
     with pytest.raises(BinderInputError, match="14-bit") as err:
         ThermalPreprocessor(ThermalConfig(bits=14))(np.full((8, 8), 20000, dtype=np.uint16))
     assert "thermal input" in str(err.value)
-    with pytest.raises(BinderInputError, match="bits"):
+    with pytest.raises(BinderConfigError, match="bits"):
         ThermalConfig(bits=8)
 
 

@@ -16,22 +16,18 @@ import binder
 from binder.errors import BinderInputError
 import binder.training as training_module
 from binder.training import train
-from helpers import SMALL_ENCODER, SMALL_ENCODER_OVERRIDE
-
-
-def set_overrides(encoder: dict) -> dict:
-    """The encoder overrides that were set (null keys keep the preset's value)."""
-    return {k: v for k, v in encoder.items() if v is not None}
+from helpers import SMALL_ENCODER, set_overrides, small_encoder
 
 
 def bind_overrides(run_dir: Path, *extra: str) -> list:
-    return ["modality=audio", SMALL_ENCODER_OVERRIDE, "trainer.enable_progress_bar=false",
+    return ["modality=audio", *small_encoder("audio"), "trainer.enable_progress_bar=false",
             f"run_dir={run_dir}", *extra]
 
 
 def test_compose_default_config(compose, tmp_path):
     cfg = compose([f"run_dir={tmp_path}"])
-    assert cfg.task == "bind" and cfg.modality.name == "audio" and cfg.data.kind == "digits"
+    assert cfg.task == "binder.training.bind" and list(cfg.modality) == ["audio"] and cfg.target == "image"
+    assert cfg.data._target_ == "binder.datasets.digits.DigitsDataModule"
     assert cfg.run_dir == str(tmp_path)
     assert cfg.paths.cache == os.environ["BINDER_CACHE"]  # set by conftest for the session
     # The anchor checkpoint lives in the (test) cache, never in ~/.cache.
@@ -57,11 +53,12 @@ def test_fast_dev_run_digits(compose, tiny_anchor, small_data_root, tmp_path):
     assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
     assert (model_dir / "anchor" / "open_clip_model.safetensors").is_file()  # the anchor is bundled
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["modality"] == "audio" and saved["model_dir"] == str(model_dir.resolve())
+    assert saved["modalities"] == ["audio"] and saved["model_dir"] == str(model_dir.resolve())
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
     assert saved == json.loads(json.dumps(metrics))
     model = binder.load(model_dir)
-    assert set_overrides(model.configs[binder.Modality.AUDIO].encoder) == SMALL_ENCODER
-    assert model.configs[binder.Modality.AUDIO].vit().depth == SMALL_ENCODER["depth"]
+    assert set_overrides(model.configs["audio"].encoder) == SMALL_ENCODER
+    assert model.configs["audio"].trunk().depth == SMALL_ENCODER["depth"]
     wav = sorted((small_data_root / "fsdd" / "recordings").glob("*.wav"))[0]
     z = model.embed(audio=[wav], progress=False, device="cpu")["audio"]
     assert z.shape == (1, 128) and torch.isfinite(z).all()
@@ -84,7 +81,7 @@ def test_fast_dev_run_digits(compose, tiny_anchor, small_data_root, tmp_path):
 
 def _mnist_pngs(data_root: Path, folder: Path, n: int) -> list:
     """Save the first ``n`` MNIST test images as PNG files -> [(path, label)]."""
-    from binder_datasets.mnist import load_mnist
+    from binder.datasets.mnist import load_mnist
 
     images, labels = load_mnist(data_root / "mnist")
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,33 +146,33 @@ def test_fast_dev_run_manifest_skips_bad_rows(fmt, compose, tiny_anchor, data_ro
         train(cfg)
     dm = spy_datamodule[-1]
     assert dm.skipped == 2
-    assert len(dm.train_set) + len(dm.val_set) == 10
-    assert not {r["id"] for r in dm.train_rows + dm.val_rows} & {"missing", "corrupt"}
+    assert len(dm.train_sets["audio"]) + len(dm.val_sets["audio"]) == 10
+    assert not {r["id"] for r in dm.train_rows["audio"] + dm.val_rows["audio"]} & {"missing", "corrupt"}
     assert dm.classnames == sorted({r["label"] for r in rows[:10]})
-    assert "skipped 2 of 12 rows" in caplog.text
-    assert binder.load(run_dir / "model").bound_modalities == [binder.Modality.AUDIO]
+    assert "skipped" in caplog.text
+    assert binder.load(run_dir / "model").bound_modalities == ["audio"]
 
 
 def test_manifest_without_validation_skips_unreadable_rows_at_load_time(random_anchor, data_root, tmp_path):
     """validate=false: missing files are still dropped up front; unreadable audio yields None."""
-    from binder_datasets.manifest import ManifestConfig, ManifestDataModule, collate_skipping
+    from binder.datasets.manifest import ManifestDataModule, collate_skipping
 
     rows = _manifest_rows(data_root, tmp_path)
     manifest = _write_csv(tmp_path / "pairs.csv", rows)
-    spec = binder.get_modality("audio")
-    pre = spec.preprocessor_cls(spec.config_cls())
-    dm = ManifestDataModule(ManifestConfig(path=str(manifest), validate=False, val_fraction=0.0, num_workers=0),
-                            binder.Modality.AUDIO, pre, random_anchor)
+    model = binder.BindModel(random_anchor, {"audio": {"encoder": SMALL_ENCODER}})
+    dm = ManifestDataModule(model, ["audio"], "image", path=str(manifest), validate=False, val_fraction=0.0,
+                            num_workers=0)
     dm.setup()
     assert dm.skipped == 1  # only the missing file
-    ids = [r["id"] for r in dm.train_rows]
+    ids = [r["id"] for r in dm.train_rows["audio"]]
+    train_set = dm.train_sets["audio"]
     bad = ids.index("corrupt")
-    assert dm.train_set[bad] is None
-    assert dm.train_set.failures["corrupt"] == 1
-    good = dm.train_set[ids.index("r0")]
-    assert good[binder.Modality.AUDIO].shape == (1, 1, 128, 204) and good[binder.Modality.IMAGE].shape == (3, 28, 28)
-    batch = collate_skipping([dm.train_set[i] for i in range(len(ids))])
-    assert batch[binder.Modality.AUDIO].shape[0] == len(ids) - 1
+    assert train_set[bad] is None
+    assert train_set.failures["corrupt"] == 1
+    good = train_set[ids.index("r0")]
+    assert good["audio"].shape == (1, 1, 128, 204) and good["image"].shape == (3, 28, 28)
+    batch = collate_skipping([train_set[i] for i in range(len(ids))])
+    assert batch["audio"].shape[0] == len(ids) - 1
     assert collate_skipping([None, None]) is None
 
 
@@ -185,20 +182,21 @@ def test_manifest_with_no_usable_rows(compose, tiny_anchor, tmp_path):
     manifest = _write_csv(tmp_path / "pairs.csv", rows)
     cfg = compose(bind_overrides(tmp_path / "run", "data=manifest", f"data.path={manifest}", "data.num_workers=0",
                                  "trainer.fast_dev_run=true"))
-    with pytest.raises(BinderInputError, match="no usable rows"):
+    with pytest.raises(BinderInputError, match="no usable audio rows"):
         train(cfg)
     assert not (tmp_path / "run" / "model").exists()
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
 
 
 def test_manifest_missing_columns_and_file(tmp_path):
-    from binder_datasets.manifest import read_manifest
+    from binder.datasets.manifest import read_manifest
 
     with pytest.raises(BinderInputError, match="does not exist"):
-        read_manifest(tmp_path / "none.csv", binder.Modality.AUDIO)
+        read_manifest(tmp_path / "none.csv", "audio")
     bad = tmp_path / "bad.csv"
     bad.write_text("image,sound\na.png,a.wav\n")
     with pytest.raises(BinderInputError, match="audio"):
-        read_manifest(bad, binder.Modality.AUDIO)
+        read_manifest(bad, "audio")
 
 
 # ----------------------------------------------------------------------------------------------

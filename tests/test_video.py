@@ -11,16 +11,15 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from PIL import Image
 
 import binder
-from binder.errors import BinderInputError
+from binder.errors import BinderConfigError, BinderInputError
 from binder.model import BindModel, build_config
 from binder.types import Modality
-from binder_datasets.render_video import CANVAS, FPS, FRAMES, render
+from binder.datasets.render_video import CANVAS, FPS, FRAMES, render
 from helpers import SMALL_ENCODER
-from modalities.video import VideoConfig, clip_times
+from binder.modalities.video import VideoConfig, clip_times
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC = binder.get_modality("video")
@@ -247,17 +246,18 @@ def test_encoder_rejects_wrong_clip_shapes(random_anchor):
         SPEC.encoder_cls(VideoConfig(mode="pooled"))(torch.zeros(1, 2, 3, 224, 224))
 
 
-def test_config_validation_and_yaml():
-    values = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "configs" / "modality" / "video.yaml"))
-    assert build_config(Modality.VIDEO, values) == VideoConfig()
-    with pytest.raises(BinderInputError, match="mode"):
+def test_config_validation():
+    assert build_config("video", {}) == VideoConfig()
+    with pytest.raises(BinderConfigError, match="mode"):
         VideoConfig(mode="3d")
-    with pytest.raises(BinderInputError, match="preset"):
+    with pytest.raises(BinderConfigError, match="preset"):
         VideoConfig(preset="huge")
-    with pytest.raises(BinderInputError, match="frames_per_clip"):
+    with pytest.raises(BinderConfigError, match="frames_per_clip"):
         VideoConfig(frames_per_clip=0)
-    with pytest.raises(BinderInputError, match="TemporalConfig"):
+    with pytest.raises(BinderConfigError, match="patch"):
         SPEC.encoder_cls(VideoConfig(encoder={"patch": 16}))
+    with pytest.raises(BinderConfigError, match="patch"):
+        build_config("video", {"encoder": {"patch": 16}})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def _centroids(video: np.ndarray) -> np.ndarray:
 
 
 def test_renderer_shape_determinism_and_motion(data_root):
-    from binder_datasets.mnist import load_mnist
+    from binder.datasets.mnist import load_mnist
 
     digits, _ = load_mnist(data_root / "mnist", "t10k")
     video = render(digits[0], np.random.default_rng(7))
@@ -380,7 +380,7 @@ def test_pooled_run_evaluates_without_training(compose, tiny_anchor, data_root, 
 # ----------------------------------------------------------------------------------------------
 
 def test_three_spatial_crops_along_the_long_side():
-    from modalities.video import resize_crops
+    from binder.modalities.video import resize_crops
 
     x = torch.linspace(0, 1, 50).expand(2, 3, 28, 50).contiguous()  # (N, 3, 28, 50): a left-right ramp
     views = resize_crops(x, (28, 28), crops=3, mode="bilinear")  # no resize needed: short side is 28
@@ -409,7 +409,7 @@ def test_imagebind_video_views(random_anchor):
     assert x.shape == (15, 2, 3, 28, 28)
     crops = rearrange_views(x)  # (5, 3, ...)
     assert (crops[:, 0] < crops[:, 1]).all() and (crops[:, 1] < crops[:, 2]).all()
-    with pytest.raises(BinderInputError, match="spatial_crops"):
+    with pytest.raises(BinderConfigError, match="spatial_crops"):
         VideoConfig(spatial_crops=2)
 
 

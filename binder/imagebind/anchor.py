@@ -20,16 +20,15 @@ from einops import rearrange
 from safetensors.torch import save_file
 from torchvision import transforms
 
-from binder.anchor import ANCHOR_TYPES, Anchor, AnchorConfig, _open_image
+from binder.anchor import CLIP_MEAN, CLIP_STD, Anchor, ImageConfig, open_image
 from binder.errors import BinderInputError, ModelLoadError
 from binder.imagebind.checkpoint import check_imagebind, read_heads, read_state
-from binder.imagebind.layers import ImageBindTrunk, TextTower
 from binder.imagebind.mapping import ANCHOR, check_shapes, convert, infer_text, infer_trunk, to_official
+from binder.imagebind.text import TextTower
+from binder.layers import Trunk
 
 log = logging.getLogger(__name__)
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BUNDLE_NAME = "imagebind_anchor.safetensors"
 
@@ -38,34 +37,38 @@ class ImageBindAnchor(Anchor):
     """ImageBind's frozen vision (ViT-H/14, 2-frame Conv3d stem) and causal text towers.
 
     Args:
-        cfg: ``pretrained`` is an official checkpoint (``.pth``) or a bundled anchor
-            (``.safetensors``); ``precision`` is fp32, fp16 or bf16.
+        pretrained: An official checkpoint (``.pth``) or a bundled anchor (``.safetensors``).
+        precision: fp32, fp16 or bf16.
+        model: Always ``imagebind`` (kept so saved descriptions round-trip).
         state: The official-name state dict, when the caller has already read it.
         heads: Attention heads per tower (``{"vision": 16, "text": 16}``) if not ImageBind's.
     """
 
-    def __init__(self, cfg: AnchorConfig, state: Optional[Mapping[str, torch.Tensor]] = None,
-                 heads: Optional[Mapping[str, int]] = None) -> None:
+    kind = "imagebind"
+
+    def __init__(self, pretrained: Optional[str] = None, precision: str = "fp32", model: str = "imagebind", *,
+                 state: Optional[Mapping[str, torch.Tensor]] = None, heads: Optional[Mapping[str, int]] = None) -> None:
         super().__init__()
-        if cfg.precision not in DTYPES:
-            raise ModelLoadError(f"ImageBind anchor precision must be one of {sorted(DTYPES)}, got {cfg.precision!r}")
+        if precision not in DTYPES:
+            raise ModelLoadError(f"ImageBind anchor precision must be one of {sorted(DTYPES)}, got {precision!r}")
         if state is None:
-            if not cfg.pretrained:
+            if not pretrained:
                 raise ModelLoadError("the ImageBind anchor needs pretrained=<imagebind_huge.pth or a bundled anchor>")
-            state = read_state(cfg.pretrained)
-            check_imagebind(state, cfg.pretrained, modalities=[])
-            heads = {**(read_heads(cfg.pretrained) or {}), **(heads or {})}
-        self.cfg = cfg
+            state = read_state(pretrained)
+            check_imagebind(state, pretrained, modalities=[])
+            heads = {**(read_heads(pretrained) or {}), **(heads or {})}
+        self.settings = {"model": "imagebind", "pretrained": None if pretrained is None else str(pretrained),
+                         "precision": precision}
         vision_cfg, text_cfg = infer_trunk(state, "vision", heads), infer_text(state, heads)
         if vision_cfg.out_dim != text_cfg.out_dim:
             raise ModelLoadError(f"ImageBind vision and text project to different widths "
-                                 f"({vision_cfg.out_dim} != {text_cfg.out_dim}) in {cfg.pretrained!r}")
+                                 f"({vision_cfg.out_dim} != {text_cfg.out_dim}) in {pretrained!r}")
         with torch.device("meta"):  # no allocation: the checkpoint's tensors are assigned below
-            self.vision, self.text = ImageBindTrunk(vision_cfg), TextTower(text_cfg)
+            self.vision, self.text = Trunk(vision_cfg), TextTower(text_cfg)
         mapped, _ = convert(state, ANCHOR)
-        check_shapes({f"anchor.{k}": v for k, v in self.state_dict().items()}, mapped, repr(str(cfg.pretrained)))
+        check_shapes({f"anchor.{k}": v for k, v in self.state_dict().items()}, mapped, repr(str(pretrained)))
         self.load_state_dict({k[len("anchor."):]: v for k, v in mapped.items()}, assign=True)
-        self.to(DTYPES[cfg.precision])
+        self.to(DTYPES[precision])
         self.embed_dim = int(vision_cfg.out_dim)
         self.image_size = int(vision_cfg.input_size[-1])
         self.transform = transforms.Compose([
@@ -120,13 +123,18 @@ class ImageBindAnchor(Anchor):
 
     def preprocess_image(self, image: Any) -> torch.Tensor:
         """A PIL image or image path -> (3, 224, 224), as ImageBind's ``load_and_transform_vision_data``."""
-        return self.transform(_open_image(image))
+        return self.transform(open_image(image))
+
+    def image_config(self) -> ImageConfig:
+        """224 x 224, CLIP's mean and std, bicubic short-side resize + centre crop."""
+        return ImageConfig(size=(self.image_size, self.image_size), mean=CLIP_MEAN, std=CLIP_STD)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Strings -> CLIP BPE token ids (N, 77): start, text, end-of-text, zero padding."""
         texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise BinderInputError("text inputs must be strings")
+        bad = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise BinderInputError(f"text input {bad[0][0]} is a {bad[0][1]}, expected a string")
         return self.tokenizer(texts)
 
     @property
@@ -139,8 +147,7 @@ class ImageBindAnchor(Anchor):
         return {"vision": self.vision.cfg.heads, "text": self.text.cfg.heads}
 
     def describe(self) -> Dict[str, Any]:
-        return {"type": "imagebind", "model": "imagebind", "pretrained": self.cfg.pretrained,
-                "precision": self.cfg.precision}
+        return {"kind": self.kind, **self.settings}
 
     def bundle(self, folder: Path) -> Dict[str, Any]:
         """Write the two towers (official names, safetensors) into ``folder``; return a spec
@@ -153,5 +160,3 @@ class ImageBindAnchor(Anchor):
         save_file(state, str(folder / BUNDLE_NAME), metadata={"format": "imagebind", "heads": json.dumps(self.heads())})
         return {**self.describe(), "pretrained": f"{folder.name}/{BUNDLE_NAME}"}
 
-
-ANCHOR_TYPES["imagebind"] = ImageBindAnchor

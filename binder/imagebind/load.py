@@ -3,8 +3,9 @@
 The checkpoint (facebookresearch/ImageBind, arXiv 2305.05665) is recognised by its key names,
 sizes are read from its tensor shapes (see :mod:`binder.imagebind.mapping`), and every key is
 consumed: vision and text become the frozen :class:`ImageBindAnchor`, audio, depth, thermal and
-IMU become ImageBind trunks of an :class:`ImageBindModel`, preprocessed by binder's modality
-preprocessors with their ``imagebind`` preset and trained (when fine-tuned) at ImageBind's fixed
+IMU become binder's registered encoders with their ``imagebind`` preset (whose module structure
+is ImageBind's trunk, so the weights load key for key with strict shape checks), sized from the
+checkpoint, preprocessed with that preset and trained (when fine-tuned) at ImageBind's fixed
 temperatures (Table 9: audio 0.05, depth 0.2, thermal 0.1, IMU 0.2).
 """
 from __future__ import annotations
@@ -15,33 +16,36 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from binder.anchor import AnchorConfig
 from binder.errors import BinderInputError, ModelLoadError
 from binder.imagebind.anchor import ImageBindAnchor
 from binder.imagebind.checkpoint import check_imagebind, read_state
 from binder.imagebind.mapping import check_shapes, convert, infer_trunk
 from binder.imagebind.model import ImageBindModel
+from binder.layers import TrunkConfig
 from binder.registry import get_modality
-from binder.types import Modality
+from binder.types import modality_name
 
 log = logging.getLogger(__name__)
 
 TEMPERATURES = {"audio": 0.05, "depth": 0.2, "thermal": 0.1, "imu": 0.2}  # ImageBind, Table 9
 
 
-def modality_config(modality: str) -> Optional[Any]:
-    """The registered config of ``modality`` with its ``imagebind`` preset and ImageBind's
-    temperature; None (with a warning) when no module registers the modality."""
+SIZE_FIELDS = ("patch", "stride", "width", "depth", "heads", "mlp_ratio")
+"""What a checkpoint's shapes can change in a preset (reduced-size checkpoints load too)."""
+
+
+def modality_config(modality: str, trunk: TrunkConfig) -> Optional[Any]:
+    """The registered config of ``modality`` with its ``imagebind`` preset, sized as ``trunk``
+    (read from the checkpoint) and at ImageBind's temperature; None (with a warning) when no
+    module registers the modality."""
     try:
         spec = get_modality(modality)
     except BinderInputError as err:
         log.warning("skipping the ImageBind %s trunk: %s", modality, err)
         return None
-    fields = spec.config_cls.__dataclass_fields__
-    values = {"preset": "imagebind"} if "preset" in fields else {}
-    if "temperature" in fields:
-        values["temperature"] = TEMPERATURES[modality]
-    return spec.config_cls(**values)
+    sizes = {k: getattr(trunk, k) for k in SIZE_FIELDS}
+    sizes["patch"], sizes["stride"] = list(trunk.patch), list(trunk.stride)
+    return spec.config_cls(preset="imagebind", temperature=TEMPERATURES[modality], encoder=sizes)
 
 
 def load_checkpoint(path: "str | Path", device: "str | torch.device" = "cpu",
@@ -62,15 +66,10 @@ def load_checkpoint(path: "str | Path", device: "str | torch.device" = "cpu",
     """
     path = Path(path).expanduser().resolve()
     state = read_state(path)
-    wanted = check_imagebind(state, path, None if modalities is None else [Modality.parse(m).value for m in modalities])
-    anchor = ImageBindAnchor(AnchorConfig(model="imagebind", pretrained=str(path), precision=precision),
-                             state=state, heads=heads)
-    configs, trunks = {}, {}
-    for m in wanted:
-        cfg = modality_config(m)
-        if cfg is not None:
-            configs[m], trunks[m] = cfg, infer_trunk(state, m, heads)
-    model = ImageBindModel(anchor, configs, trunks)
+    wanted = check_imagebind(state, path, None if modalities is None else [modality_name(m) for m in modalities])
+    anchor = ImageBindAnchor(pretrained=str(path), precision=precision, state=state, heads=heads)
+    configs = {m: cfg for m in wanted if (cfg := modality_config(m, infer_trunk(state, m, heads))) is not None}
+    model = ImageBindModel(anchor, configs)
     mapped, _ = convert(state, list(configs))
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("anchor.")}
     check_shapes(expected, mapped, repr(str(path)))

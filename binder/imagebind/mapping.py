@@ -51,7 +51,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from binder.errors import ModelLoadError
-from binder.imagebind.layers import TextConfig, TrunkConfig
+from binder.imagebind.text import TextConfig
+from binder.layers import TrunkConfig
 
 GROUPS = ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors")
 ANCHOR = ("vision", "text")  # served by the anchor
@@ -63,7 +64,7 @@ OFFICIAL_MODALITIES = ANCHOR + BOUND
 class Official:
     """What the checkpoint does not say about a trunk: ImageBind's own settings."""
 
-    stem: str  # TrunkConfig.stem
+    stem: str  # TrunkConfig.stem (patch, patch3d, windows)
     stem_module: str  # name of the stem under modality_preprocessors.<m>
     input_size: Tuple[int, ...]  # input the trunk was built for (without channels)
     in_chans: int
@@ -76,10 +77,10 @@ class Official:
 
 
 OFFICIAL: Dict[str, Official] = {
-    "vision": Official("conv3d", "rgbt_stem.proj.1", (2, 224, 224), 3, heads=16),
-    "audio": Official("conv2d", "rgbt_stem.proj", (128, 204), 1, heads=12, drop_path=0.1, logit_scale=20.0),
-    "depth": Official("conv2d", "depth_stem.proj", (224, 224), 1, heads=8, logit_scale=5.0),
-    "thermal": Official("conv2d", "rgbt_stem.proj", (224, 224), 1, heads=12, logit_scale=10.0),
+    "vision": Official("patch3d", "rgbt_stem.proj.1", (2, 224, 224), 3, heads=16),
+    "audio": Official("patch", "rgbt_stem.proj", (128, 204), 1, heads=12, drop_path=0.1, logit_scale=20.0),
+    "depth": Official("patch", "depth_stem.proj", (224, 224), 1, heads=8, logit_scale=5.0),
+    "thermal": Official("patch", "rgbt_stem.proj", (224, 224), 1, heads=12, logit_scale=10.0),
     "imu": Official("windows", "imu_stem.proj", (2000,), 6, heads=8, drop_path=0.7, head_dropout=0.5,
                     head_index=3, logit_scale=5.0, pos_key="pos_embed"),
 }
@@ -274,10 +275,10 @@ def infer_trunk(state: Mapping[str, torch.Tensor], m: str, heads: Optional[Mappi
         official_stride = {"audio": (10, 10)}.get(m, kernel)
         stride = _stride(kernel, o.input_size, tokens, m, [official_stride, kernel])
     return TrunkConfig(
-        stem=o.stem, in_chans=in_chans, input_size=o.input_size, kernel=kernel, stride=stride, width=width,
+        stem=o.stem, in_chans=in_chans, input_size=o.input_size, patch=kernel, stride=stride, width=width,
         depth=_depth(state, m), heads=_heads(m, width, o.heads, heads),
         mlp_ratio=int(state[f"{blk}.mlp.fc1.weight"].shape[0]) / width, drop_path=o.drop_path,
-        head_dropout=o.head_dropout, patch_norm=m != "vision", pre_norm=m == "vision",
+        dropout=o.head_dropout, patch_norm=m != "vision", pre_norm=m == "vision",
         bias_kv=f"{blk}.attn.bias_k" in state,
         out_dim=int(state[f"modality_heads.{m}.{o.head_index}.weight"].shape[0]) if m == "vision" else None,
         logit_scale=o.logit_scale,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
+import logging
+
 import lightning as L
 import numpy as np
 import torch
@@ -16,9 +18,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from binder.evaluation import topk_from_scores
 from binder.model import BindModel
 from binder.optim import OptimConfig, configure_adamw
-from binder.types import Modality
+
+log = logging.getLogger(__name__)
 
 
 class SupervisedModule(L.LightningModule):
@@ -31,10 +35,10 @@ class SupervisedModule(L.LightningModule):
         optim: Optimiser settings (the same as binding uses).
     """
 
-    def __init__(self, model: BindModel, modality: Modality, num_classes: int, optim: OptimConfig) -> None:
+    def __init__(self, model: BindModel, modality: str, num_classes: int, optim: OptimConfig) -> None:
         super().__init__()
-        self.model, self.modality, self.optim_cfg = model, Modality.parse(modality), optim
-        self.encoder = model.encoders[self.modality.value]
+        self.model, self.modality, self.optim_cfg = model, modality, optim
+        self.encoder = model.encoders[modality]
         self.classifier = nn.Linear(self.encoder.output_dim, num_classes)
         self.strict_loading = False
 
@@ -52,13 +56,14 @@ class SupervisedModule(L.LightningModule):
         logits = self.logits(batch[self.modality])
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(-1) == labels).float().mean()
-        name = self.modality.value
+        name = self.modality
         self.log(f"{stage}/loss/{name}-label", loss, batch_size=len(labels), prog_bar=True, sync_dist=stage != "train")
         self.log(f"{stage}/acc/{name}->label", acc, batch_size=len(labels), sync_dist=stage != "train")
         return loss
 
-    def training_step(self, batch: Dict[Any, Any], batch_idx: int) -> torch.Tensor:
-        return None if batch is None else self._step(batch, "train")
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        sub = batch.get(self.modality)  # {modality: pairs} from the data module's train loaders
+        return None if sub is None else self._step(sub, "train")
 
     def validation_step(self, batch: Dict[Any, Any], batch_idx: int) -> None:
         if batch is not None:
@@ -76,9 +81,33 @@ class SupervisedModule(L.LightningModule):
         for start in range(0, len(inputs), batch_size):
             x = torch.stack([pre(item) for item in inputs[start : start + batch_size]]).to(self.device)
             probs.append(self.logits(x).softmax(-1).cpu())
-        ranked = torch.cat(probs).argsort(-1, descending=True)  # (N, C)
-        target = torch.as_tensor(np.asarray(labels), dtype=torch.long)[:, None]
-        out = {"chance": 100.0 / ranked.shape[1], "n": int(len(target))}
-        for k in (1, 5):
-            out[f"top{k}"] = 100.0 * (ranked[:, :k] == target).any(-1).float().mean().item()
-        return out
+        return topk_from_scores(torch.cat(probs), labels)
+
+
+def run(cfg: Any) -> Dict[str, Any]:
+    """``target=label`` (``experiment=supervised``): the same encoder and recipe with a linear
+    classifier on the labels, for one modality; writes metrics.json."""
+    from pathlib import Path
+
+    from binder.data import build_datamodule
+    from binder.evaluation import format_table, write_metrics
+    from binder.training import build_model, make_trainer, modalities_of, require_one
+
+    run_dir = Path(cfg.run_dir).resolve()
+    modality = require_one(modalities_of(cfg), "the supervised reference")
+    model = build_model(cfg)
+    datamodule = build_datamodule(cfg.data, model, [modality], target="label")
+    datamodule.setup("fit")
+    module = SupervisedModule(model, modality, len(datamodule.classnames), OptimConfig(**dict(cfg.optim)))
+    trainer = make_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+    rows = {}
+    if not cfg.trainer.get("fast_dev_run"):
+        inputs, labels = datamodule.zero_shot_set(modality)
+        rows[f"{modality}->label (supervised)"] = module.accuracy(inputs, labels, cfg.eval.batch_size)
+        log.info("\n%s", format_table(rows, f"Supervised classification of held-out {modality} (%)"))
+    metrics = {"modalities": [modality], "target": "label", "supervised": rows}
+    write_metrics(run_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,171 @@
+"""Writing files and folders so that readers never see half of them.
+
+One implementation for every writer in binder (model folders, the digits anchor, dataset
+downloads, metrics and tables): content is written into a temporary sibling of the target and
+moved into place with one rename. Replacing an existing folder uses Linux's
+``renameat2(RENAME_EXCHANGE)``, which swaps the two folders atomically, so the target is complete
+at every instant; where that call is unavailable the old folder is moved aside first and
+:func:`recover` puts it back if the process died between the two renames. Temporaries carry the
+writer's process id, so :func:`clean_stale` removes the leftovers of writers that were killed.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+log = logging.getLogger(__name__)
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_renameat2 = None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_permissions(path: Path) -> None:
+    """Folders made by ``mkdtemp`` are 0700: give them the user's normal permissions."""
+    os.chmod(path, 0o777 & ~_umask())
+
+
+def normal_permissions(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the user's normal permissions (umask), as
+    ``open`` would; some writers (safetensors, mkstemp, mkdtemp) create them private (0600/0700)."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _prefix(target: Path, kind: str) -> str:
+    return f".{target.name}.{kind}-{os.getpid()}-"
+
+
+def temp_sibling(target: Path, folder: bool = True) -> Path:
+    """A new empty temporary folder (or file) beside ``target``, named after it and this process."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target, "tmp"), dir=target.parent))
+        _normal_permissions(tmp)
+        return tmp
+    fd, name = tempfile.mkstemp(prefix=_prefix(target, "tmp"), dir=target.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())
+    return Path(name)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2; False where the system cannot."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        except (AttributeError, OSError):
+            _renameat2 = False
+    if not _renameat2:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish_folder(tmp: Path, target: Path) -> None:
+    """Move the finished folder ``tmp`` to ``target``, replacing an existing one safely."""
+    if not target.exists():
+        os.replace(tmp, target)
+    elif _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+    else:
+        old = target.with_name(_prefix(target, "old") + "x")
+        os.replace(target, old)  # a kill right here is undone by recover(target)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner(path: Path, target: Path) -> Optional[int]:
+    """The pid in a temporary's name, if ``path`` is a temporary of ``target``."""
+    for kind in ("tmp", "old"):
+        head = f".{target.name}.{kind}-"
+        if path.name.startswith(head):
+            pid = path.name[len(head):].split("-", 1)[0]
+            return int(pid) if pid.isdigit() else None
+    return None
+
+
+def recover(target: Path) -> None:
+    """Put back a folder that a killed writer had moved aside (``target`` missing, old copy left)."""
+    if target.exists() or not target.parent.is_dir():
+        return
+    olds = [p for p in target.parent.glob(f".{target.name}.old-*") if _owner(p, target) is not None]
+    dead = [p for p in olds if not _pid_alive(_owner(p, target))]
+    if dead:
+        latest = max(dead, key=lambda p: p.stat().st_mtime)
+        os.replace(latest, target)
+        log.warning("restored %s from an interrupted replacement", target)
+
+
+def clean_stale(target: Path) -> int:
+    """Remove temporaries of ``target`` left by writers that no longer run; return how many."""
+    recover(target)
+    removed = 0
+    if not target.parent.is_dir():
+        return 0
+    for path in target.parent.glob(f".{target.name}.*-*"):
+        pid = _owner(path, target)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d stale temporary folder(s) of %s", removed, target)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_folder(target: "str | Path") -> Iterator[Path]:
+    """``with atomic_folder(dest) as tmp:`` write into ``tmp``; on success it becomes ``dest``
+    (replacing any old one), on any error or interrupt it is removed and ``dest`` is untouched."""
+    target = Path(target).expanduser().absolute()
+    clean_stale(target)
+    tmp = temp_sibling(target)
+    try:
+        yield tmp
+        normal_permissions(tmp)
+        publish_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write(path: "str | Path", data: "str | bytes") -> Path:
+    """Write ``data`` to ``path`` through a temporary file and one rename."""
+    path = Path(path)
+    tmp = temp_sibling(path, folder=False)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,605 @@
+"""Fetching pretrained files and Hugging Face Hub repositories into binder's cache.
+
+Design:
+
+* :func:`download` is the one primitive for plain HTTP(S) files. It streams into ``<dest>.part``
+  and moves that onto ``dest`` (:func:`os.replace`) only once its size and SHA-256 are verified,
+  so ``dest`` is either absent or complete. An interrupted transfer keeps the ``.part`` file; the
+  next call resumes it with a ``Range`` request (206: append; 200: the server ignored the range,
+  restart from zero; 416: the part is complete already, else it is discarded and restarted).
+* Integrity: a pinned ``sha256`` / ``size`` is enforced when given. Files whose publisher gives
+  no checksum (Meta's ImageBind weights) are *trusted on first use*: the digest computed while
+  streaming is written to the sidecar ``<dest>.sha256`` and every later cache hit is checked
+  against it, so a cached multi-GB file that rotted on disk is reported, not loaded.
+  ``verify=False`` skips that hash (the size is still checked).
+* A small registry (:func:`register_pretrained`) names well-known files. The URL of each can be
+  redirected with ``BINDER_PRETRAINED_URL_<NAME>`` (mirrors, air-gapped sites, tests).
+* :func:`resolve` turns the *source* string a user passes into a local path: an existing path,
+  a registered name, an http(s) URL, or ``hf-hub:org/name[@revision]`` (via ``huggingface_hub``).
+* Cache layout under :func:`cache_dir`: ``pretrained/<filename>``, ``downloads/<sha256(url)[:16]>/
+  <basename>`` and ``huggingface/`` (Hub snapshots, in huggingface_hub's own layout).
+
+Every failure is a :class:`binder.errors.ModelLoadError` naming the URL or file and what was
+expected. Importing this module is cheap (``huggingface_hub`` is imported on first use, torch
+never). Concurrent downloads of one file are not coordinated; the size and digest checks catch
+the resulting corruption.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Union
+
+from tqdm.auto import tqdm
+
+from binder.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+CACHE_ENV = "BINDER_CACHE"
+URL_ENV_PREFIX = "BINDER_PRETRAINED_URL_"
+HUB_PREFIX = "hf-hub:"
+PART_SUFFIX = ".part"
+SHA256_SUFFIX = ".sha256"
+STREAM_CHUNK = 1 << 20  # bytes read from the socket at a time
+HASH_CHUNK = 4 << 20  # bytes read from disk at a time when hashing
+_USER_AGENT = "binder-hub/1"
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_CONTENT_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
+_HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+# --------------------------------------------------------------------------- small helpers
+def _part_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + PART_SUFFIX)
+
+
+def _sidecar_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + SHA256_SUFFIX)
+
+
+def _normalise_sha256(value: str | None) -> str | None:
+    """Lower-case hex digest, or None; raises ValueError for anything else."""
+    if value is None:
+        return None
+    digest = value.strip().lower()
+    if not _SHA256_RE.fullmatch(digest):
+        raise ValueError(f"sha256 must be 64 hexadecimal characters, got {value!r}")
+    return digest
+
+
+def _hash_file(path: Path, hasher: hashlib._Hash | None = None) -> hashlib._Hash:
+    """Feed ``path`` into ``hasher`` (a new SHA-256 by default) in chunks; return the hasher."""
+    hasher = hasher if hasher is not None else hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as fh:
+        while True:
+            n = fh.readinto(buffer)
+            if not n:
+                return hasher
+            hasher.update(view[:n])
+
+
+def _write_sidecar(sidecar: Path, digest: str, size: int, filename: str) -> None:
+    """Record ``digest`` and ``size`` atomically, in a ``sha256sum -c``-compatible form."""
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp.write_text(f"{digest}  {filename}\n# size: {size}\n", encoding="utf-8")
+    os.replace(tmp, sidecar)
+
+
+def _read_sidecar(sidecar: Path) -> tuple[str | None, int | None]:
+    """The (digest, size) a sidecar records; (None, None) when it is absent or unreadable."""
+    try:
+        text = sidecar.read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None, None
+    digest: str | None = None
+    size: int | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("# size:") and line[7:].strip().isdigit():
+            size = int(line[7:].strip())
+        elif digest is None and line and _SHA256_RE.fullmatch(line.split()[0].lower()):
+            digest = line.split()[0].lower()
+    if digest is None:
+        logger.warning("Ignoring %s: it holds no SHA-256 digest", sidecar)
+    return digest, size
+
+
+def _interrupted(url: str, part: Path, err: BaseException) -> ModelLoadError:
+    """The error for a network failure; says whether a partial file is kept for resuming."""
+    if part.exists():
+        state = (f"the partial file {part} ({part.stat().st_size} bytes) is kept and rerunning "
+                 "the download resumes it")
+    else:
+        state = "nothing was written; rerun to retry"
+    return ModelLoadError(f"Download of {url} failed ({type(err).__name__}: {err}); {state}.")
+
+
+# --------------------------------------------------------------------------- download
+def download(url: str, dest: PathLike, *, sha256: str | None = None, size: int | None = None,
+             progress: bool = True, timeout: float = 60.0, verify: bool = True) -> Path:
+    """Download ``url`` to the file ``dest``, resuming and verifying it; return ``dest``.
+
+    Args:
+        url: An ``http://`` or ``https://`` URL.
+        dest: The file to create. Its folder is created when missing.
+        sha256: Expected hex digest. Without it the digest is trusted on first use and recorded
+            in ``<dest>.sha256``.
+        size: Expected size in bytes; an error if the server reports another size.
+        progress: Show a tqdm progress bar.
+        timeout: Socket timeout in seconds (connect and each read).
+        verify: Hash an already cached ``dest`` against the pinned or recorded digest. A fresh
+            download is always hashed while it streams.
+
+    Raises:
+        ModelLoadError: The download failed, or a size or digest does not match.
+        ValueError: ``sha256`` is not a hex digest, or ``size`` is negative.
+    """
+    dest = Path(dest).expanduser()
+    want_sha = _normalise_sha256(sha256)
+    if size is not None and size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ModelLoadError(f"Cannot download {url!r}: expected an http:// or https:// URL")
+    if dest.is_file():
+        return _check_cached(url, dest, sha256=want_sha, size=size, verify=verify)
+    if dest.exists():
+        raise ModelLoadError(f"Cannot download {url} to {dest}: that path exists and is not a file")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = _part_path(dest)
+    total, digest = _fetch(url, part, size=size, sha256=want_sha, timeout=timeout,
+                           progress=progress, label=dest.name)
+    got = part.stat().st_size
+    expected = size if size is not None else total
+    if expected is not None and got != expected:
+        part.unlink()
+        raise ModelLoadError(f"Download of {url} into {dest} has {got} bytes, expected {expected}; "
+                             "the partial file was deleted, rerun to download it again.")
+    if want_sha is not None and digest != want_sha:
+        part.unlink()
+        raise ModelLoadError(f"SHA-256 mismatch for {dest} downloaded from {url}: expected {want_sha}, "
+                             f"got {digest}; the partial file was deleted.")
+    _write_sidecar(_sidecar_path(dest), digest, got, dest.name)
+    os.replace(part, dest)
+    logger.info("Downloaded %s to %s (%d bytes, sha256 %s)", url, dest, got, digest)
+    return dest
+
+
+def _check_cached(url: str, dest: Path, *, sha256: str | None, size: int | None,
+                  verify: bool) -> Path:
+    """Check a cached ``dest`` against the pinned or recorded size and digest."""
+    sidecar = _sidecar_path(dest)
+    recorded_sha, recorded_size = _read_sidecar(sidecar)
+    got_size = dest.stat().st_size
+    fix = f"Delete {dest} (and {sidecar.name}) and rerun to download it again from {url}."
+    want_size = size if size is not None else recorded_size
+    if want_size is not None and got_size != want_size:
+        raise ModelLoadError(f"Cached file {dest} is corrupt: {got_size} bytes, expected {want_size}. {fix}")
+    if not verify:
+        logger.debug("Using cached %s without hashing it (verify=False)", dest)
+        return dest
+    digest = _hash_file(dest).hexdigest()
+    want_sha = sha256 or recorded_sha
+    if want_sha is None:
+        logger.warning("Cached file %s has no recorded SHA-256: recording %s (trust on first use)", dest, digest)
+        _write_sidecar(sidecar, digest, got_size, dest.name)
+    elif digest != want_sha:
+        raise ModelLoadError(f"Cached file {dest} is corrupt: SHA-256 {digest}, expected {want_sha}. {fix}")
+    logger.debug("Using cached %s (sha256 %s)", dest, digest)
+    return dest
+
+
+def _open(url: str, offset: int, timeout: float,
+          part: Path) -> tuple[int, Message, http.client.HTTPResponse | None]:
+    """GET ``url`` from byte ``offset``: (status, headers, response or None for a 416)."""
+    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        err.close()
+        if err.code == 416 and offset:
+            return 416, err.headers, None
+        raise ModelLoadError(f"Download of {url} failed: HTTP {err.code} {err.reason} "
+                             "(expected 200, or 206 to a Range request)") from err
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        raise _interrupted(url, part, err) from err
+    return response.status, response.headers, response
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) from a ``Content-Range`` header; None for unknown parts."""
+    match = _CONTENT_RANGE_RE.fullmatch((value or "").strip())
+    if not match:
+        return None, None
+    first = int(match.group(1)) if match.group(1) is not None else None
+    total = int(match.group(3)) if match.group(3) != "*" else None
+    return first, total
+
+
+def _content_length(headers: Message) -> int | None:
+    """The ``Content-Length`` header as an int, or None."""
+    value = (headers.get("Content-Length") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _check_server_size(url: str, part: Path, size: int | None, total: int | None) -> None:
+    """Raise (deleting ``part``) when the server's total disagrees with the pinned size."""
+    if size is not None and total is not None and size != total:
+        part.unlink(missing_ok=True)
+        raise ModelLoadError(f"The server reports {total} bytes for {url} but {size} bytes are expected "
+                             f"(pinned size); the partial file {part} was deleted.")
+
+
+def _fetch(url: str, part: Path, *, size: int | None, sha256: str | None, timeout: float,
+           progress: bool, label: str) -> tuple[int | None, str]:
+    """Stream ``url`` into ``part``, resuming it; return (server's total size or None, digest)."""
+    for _ in range(2):  # a second round only after a 416 that left nothing usable
+        offset = part.stat().st_size if part.exists() else 0
+        status, headers, response = _open(url, offset, timeout, part)
+        if response is None:  # 416: the part is complete already, or stale
+            _, total = _content_range(headers.get("Content-Range"))
+            _check_server_size(url, part, size, total)
+            expected = size if size is not None else total
+            if expected == offset:
+                digest = _hash_file(part).hexdigest()
+                if sha256 is None or digest == sha256:
+                    logger.info("%s already holds all %d bytes of %s", part, offset, url)
+                    return total, digest
+            logger.warning("Discarding %s (%d bytes): the server refused to resume it (HTTP 416)", part, offset)
+            part.unlink()
+            continue
+        with response:
+            start, total = _plan(url, part, status, headers, offset)
+            _check_server_size(url, part, size, total)
+            digest = _stream(url, response, part, start=start, total=total, progress=progress, label=label)
+            return total, digest
+    raise ModelLoadError(f"Download of {url} failed: the server answered HTTP 416 to a request without a Range")
+
+
+def _plan(url: str, part: Path, status: int, headers: Message, offset: int) -> tuple[int, int | None]:
+    """Where to start writing and the total size, from a 200 or 206 response."""
+    if status == 206 and offset:
+        first, total = _content_range(headers.get("Content-Range"))
+        if first != offset:
+            part.unlink(missing_ok=True)
+            raise ModelLoadError(f"Download of {url} failed: asked for bytes from {offset}, the server sent "
+                                 f"Content-Range {headers.get('Content-Range')!r}; the partial file {part} "
+                                 "was deleted, rerun to download it again.")
+        length = _content_length(headers)
+        return offset, total if total is not None else (offset + length if length is not None else None)
+    if status == 200:
+        if offset:
+            logger.info("%s ignored the Range request: restarting the download from byte 0", url)
+        return 0, _content_length(headers)
+    raise ModelLoadError(f"Download of {url} failed: HTTP {status} (expected 200, or 206 to a Range request)")
+
+
+def _stream(url: str, response: http.client.HTTPResponse, part: Path, *, start: int,
+            total: int | None, progress: bool, label: str) -> str:
+    """Append the body to ``part`` (truncating it when ``start`` is 0); return the file's digest."""
+    hasher = _hash_file(part) if start else hashlib.sha256()
+    written = start
+    bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=label, disable=not progress)
+    try:
+        with open(part, "ab" if start else "wb") as fh, bar:
+            while True:
+                chunk = response.read1(STREAM_CHUNK)
+                if not chunk:
+                    break
+                fh.write(chunk)
+                hasher.update(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
+    except (OSError, http.client.HTTPException) as err:
+        raise _interrupted(url, part, err) from err
+    if total is not None and written < total:
+        raise _interrupted(url, part, ConnectionError(f"connection closed after {written} of {total} bytes"))
+    return hasher.hexdigest()
+
+
+# --------------------------------------------------------------------------- cache + registry
+def cache_dir(explicit: PathLike | None = None) -> Path:
+    """binder's cache root: ``explicit``, else ``$BINDER_CACHE``, else ``~/.cache/binder``."""
+    root = explicit if explicit is not None else (os.environ.get(CACHE_ENV) or "~/.cache/binder")
+    return Path(root).expanduser()
+
+
+_cache_root = cache_dir  # ``resolve`` has a parameter named ``cache_dir``
+
+
+@dataclass(frozen=True)
+class PretrainedFile:
+    """A named file binder knows how to fetch.
+
+    Attributes:
+        name: Registry key, e.g. ``"imagebind_huge"``.
+        url: Where to download it from (see :func:`pretrained_url` for the override).
+        filename: The file's name in ``cache_dir()/pretrained/``.
+        kind: What it holds: ``"imagebind"`` (an official ImageBind checkpoint) or ``"binder"``
+            (an archive of a binder model folder); :func:`resolve` returns it as ``Resolved.kind``.
+        size: Size in bytes, when published.
+        sha256: Hex digest, when published; otherwise trusted on first use.
+        description: One line for humans.
+    """
+
+    name: str
+    url: str
+    filename: str
+    kind: str
+    size: int | None = None
+    sha256: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", self.name):
+            raise ValueError(f"pretrained name must be letters, digits, '_', '.' or '-', got {self.name!r}")
+        if not self.filename or Path(self.filename).name != self.filename or self.filename in (".", ".."):
+            raise ValueError(f"filename of {self.name!r} must be a plain file name, got {self.filename!r}")
+        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"url of {self.name!r} must be http(s), got {self.url!r}")
+        if self.size is not None and self.size < 0:
+            raise ValueError(f"size of {self.name!r} must be >= 0, got {self.size}")
+        object.__setattr__(self, "sha256", _normalise_sha256(self.sha256))
+
+
+_REGISTRY: dict[str, PretrainedFile] = {}
+
+
+def register_pretrained(entry: PretrainedFile, *, replace: bool = False) -> PretrainedFile:
+    """Add ``entry`` to the registry; ValueError if its name is taken and not ``replace``."""
+    if entry.name in _REGISTRY and not replace and _REGISTRY[entry.name] != entry:
+        raise ValueError(f"pretrained name {entry.name!r} is already registered; pass replace=True")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def list_pretrained() -> list[str]:
+    """Names of the registered pretrained files, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_pretrained(name: str) -> PretrainedFile:
+    """The registered entry ``name``; ModelLoadError listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelLoadError(f"Unknown pretrained name {name!r}: expected one of "
+                             f"{', '.join(list_pretrained()) or '(none registered)'}") from None
+
+
+def url_env_var(name: str) -> str:
+    """The environment variable overriding the URL of ``name``: ``BINDER_PRETRAINED_URL_<NAME>``."""
+    return URL_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def pretrained_url(entry: str | PretrainedFile) -> str:
+    """The URL ``entry`` is downloaded from, honouring ``BINDER_PRETRAINED_URL_<NAME>``.
+
+    A value ending in ``/`` is a base URL that the entry's filename is appended to
+    (``https://mirror/imagebind/`` -> ``https://mirror/imagebind/imagebind_huge.pth``); any
+    other value is the file's full URL. The pinned size and sha256 still apply to a mirror.
+    """
+    entry = get_pretrained(entry) if isinstance(entry, str) else entry
+    override = os.environ.get(url_env_var(entry.name), "").strip()
+    if not override:
+        return entry.url
+    url = override + urllib.parse.quote(entry.filename) if override.endswith("/") else override
+    logger.info("Downloading %s from %s (set by %s)", entry.name, url, url_env_var(entry.name))
+    return url
+
+
+def fetch_pretrained(name: str, *, cache_dir: PathLike | None = None, verify: bool = True,
+                     progress: bool = True) -> Path:
+    """Download the registered file ``name`` into ``cache_dir()/pretrained/`` (once); return it."""
+    entry = get_pretrained(name)
+    dest = _cache_root(cache_dir) / "pretrained" / entry.filename
+    return download(pretrained_url(entry), dest, sha256=entry.sha256, size=entry.size,
+                    progress=progress, verify=verify)
+
+
+# Meta publishes no checksum or size for the ImageBind weights: the file is trusted on first use
+# (its SHA-256 is recorded in imagebind_huge.pth.sha256 and checked on every later cache hit).
+register_pretrained(PretrainedFile(
+    name="imagebind_huge", url="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth",
+    filename="imagebind_huge.pth", kind="imagebind",
+    description="Official ImageBind (huge) checkpoint from Meta AI, about 4.5 GB"))
+
+
+# --------------------------------------------------------------------------- resolve
+@dataclass(frozen=True)
+class Resolved:
+    """What :func:`resolve` found: ``kind`` (``"path"``, or a registered entry's kind), the local
+    ``path`` (file or folder) and the ``source`` string the caller passed."""
+
+    kind: str
+    path: Path
+    source: str
+
+
+def resolve(source: PathLike, *, cache_dir: PathLike | None = None, revision: str | None = None,
+            verify: bool = True, progress: bool = True) -> Resolved:
+    """Turn ``source`` into a local file or folder, downloading it into the cache when needed.
+
+    Accepted forms, tried in this order: ``hf-hub:org/name[@revision]`` (a Hub snapshot
+    folder), an ``http(s)://`` URL (a file in ``cache_dir()/downloads/``), an existing local
+    path (``~`` expanded), a registered pretrained name (see :func:`list_pretrained`).
+
+    Args:
+        source: What to resolve.
+        cache_dir: Cache root; defaults to :func:`cache_dir`.
+        revision: Branch, tag or commit of an ``hf-hub:`` source.
+        verify: Hash cached downloads before returning them.
+        progress: Show progress bars.
+
+    Raises:
+        ModelLoadError: ``source`` matches no accepted form or cannot be fetched.
+        ValueError: ``revision`` is given for a source that is not ``hf-hub:``, or disagrees
+            with the ``@revision`` in it.
+    """
+    text = os.fspath(source)
+    root = _cache_root(cache_dir)
+    if text.startswith(HUB_PREFIX):
+        return _resolve_hub(text, revision, root, progress)
+    if revision is not None:
+        raise ValueError(f"revision={revision!r} only applies to hf-hub: sources, got {text!r}")
+    if urllib.parse.urlsplit(text).scheme in ("http", "https"):
+        dest = root / "downloads" / hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] / _url_basename(text)
+        return Resolved("path", download(text, dest, verify=verify, progress=progress), text)
+    local = Path(text).expanduser()
+    if text and local.exists():
+        return Resolved("path", local.absolute(), text)
+    if text in _REGISTRY:
+        path = fetch_pretrained(text, cache_dir=root, verify=verify, progress=progress)
+        return Resolved(_REGISTRY[text].kind, path, text)
+    raise ModelLoadError(_unknown_source(text))
+
+
+def _url_basename(url: str) -> str:
+    """The file name a URL's path ends in (percent-decoded), or ``download``."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]).replace(os.sep, "_")
+    return name if name not in ("", ".", "..") else "download"
+
+
+def _unknown_source(text: str) -> str:
+    """The error message for a source of no accepted form, listing the forms."""
+    if text.startswith(("/", "./", "../", "~")) or os.sep in text and not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        return f"model path {text!r} does not exist (expected a binder model folder or an ImageBind checkpoint)"
+    hint = f" (did you mean hf-hub:{text}?)" if re.fullmatch(r"[\w.-]+/[\w.-]+", text) else ""
+    return (f"Cannot resolve {text!r}{hint}: it is not an existing file or folder, a registered "
+            "pretrained name, an http(s) URL or a Hugging Face Hub id. Accepted forms:\n"
+            "  - a path to an existing file or folder (~ is expanded)\n"
+            f"  - a registered pretrained name: {', '.join(list_pretrained()) or '(none registered)'}\n"
+            "  - an http:// or https:// URL of a file\n"
+            "  - hf-hub:org/name or hf-hub:org/name@revision (a Hugging Face Hub repository)")
+
+
+# --------------------------------------------------------------------------- Hugging Face Hub
+def _hub_endpoint() -> str | None:
+    """``$HF_ENDPOINT`` read now, not when huggingface_hub was imported (None: its default)."""
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+
+
+def _parse_hub(source: str, revision: str | None) -> tuple[str, str | None]:
+    """(repo_id, revision) from ``hf-hub:org/name[@revision]`` and the ``revision`` argument."""
+    repo_id, at, pinned = source[len(HUB_PREFIX):].partition("@")
+    if not _HUB_ID_RE.fullmatch(repo_id) or (at and not pinned):
+        raise ModelLoadError(f"Invalid Hugging Face Hub source {source!r}: expected hf-hub:org/name "
+                             "or hf-hub:org/name@revision")
+    if revision is not None and pinned and revision != pinned:
+        raise ValueError(f"revision={revision!r} disagrees with the revision in {source!r}")
+    return repo_id, revision or pinned or None
+
+
+class _SilentTqdm(tqdm):
+    """A tqdm that never draws: given to huggingface_hub when ``progress=False``."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+def _resolve_hub(source: str, revision: str | None, root: Path, progress: bool) -> Resolved:
+    """Download (or find in the cache) a snapshot of a Hub repository."""
+    import huggingface_hub
+
+    repo_id, rev = _parse_hub(source, revision)
+    endpoint = _hub_endpoint()
+    hub_cache = root / "huggingface"
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id=repo_id, revision=rev, cache_dir=hub_cache, endpoint=endpoint,
+            tqdm_class=None if progress else _SilentTqdm)
+    # huggingface_hub raises its own errors, OSErrors and httpx2 transport errors (e.g. a proxy
+    # error); all become one ModelLoadError with the original chained.
+    except Exception as err:
+        raise _hub_error(err, repo_id, rev, endpoint, hub_cache) from err
+    logger.info("Resolved %s to %s", source, folder)
+    return Resolved("path", Path(folder), source)
+
+
+def _hub_error(err: Exception, repo_id: str, rev: str | None, endpoint: str | None,
+               hub_cache: Path) -> ModelLoadError:
+    """A clear ModelLoadError for a failed ``snapshot_download``."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf
+
+    where = endpoint or constants.ENDPOINT
+    what = f"Hugging Face Hub repository {repo_id!r}" + (f" at revision {rev!r}" if rev else "")
+    if isinstance(err, hf.RevisionNotFoundError):
+        msg = (f"Revision {rev or 'main'!r} of Hugging Face Hub repository {repo_id!r} was not found on "
+               f"{where}: expected an existing branch, tag or commit hash.")
+    elif isinstance(err, hf.GatedRepoError):
+        msg = (f"{what} is gated: accept its conditions on {where}/{repo_id} and log in "
+               "(`hf auth login` or HF_TOKEN).")
+    elif isinstance(err, hf.RepositoryNotFoundError):
+        msg = (f"{what} was not found on {where}: it does not exist, or it is private and no valid "
+               "token is set (`hf auth login` or HF_TOKEN).")
+    elif isinstance(err, hf.IncompleteSnapshotError):
+        msg = (f"{what}: the Hub at {where} could not be reached and the cached snapshot in {hub_cache} "
+               "is incomplete; rerun with network access to complete it.")
+    elif isinstance(err, hf.LocalEntryNotFoundError):
+        msg = (f"Cannot fetch {what}: the Hub at {where} could not be reached (offline mode such as "
+               f"HF_HUB_OFFLINE=1, or a connection error) and no cached snapshot exists in {hub_cache}.")
+    elif isinstance(err, hf.HFValidationError):
+        msg = f"Invalid Hugging Face Hub repository id {repo_id!r}: {err}"
+    else:
+        msg = f"Fetching {what} from {where} failed: {type(err).__name__}: {err}"
+    return ModelLoadError(msg)
+
+
+def push_folder_to_hub(folder: PathLike, repo_id: str, *, token: str | None = None,
+                       private: bool = False, revision: str | None = None,
+                       commit_message: str = "Upload binder model") -> str:
+    """Upload a saved model folder to the Hub repository ``repo_id`` (created when missing).
+
+    Args:
+        folder: The folder to upload (e.g. one written by ``binder.save``).
+        repo_id: ``org/name`` on the Hub.
+        token: Hub token; defaults to the logged-in token or ``HF_TOKEN``.
+        private: Create the repository as private (an existing one keeps its visibility).
+        revision: Branch to commit to (created from ``main`` when missing); default ``main``.
+        commit_message: The commit's title.
+
+    Returns:
+        The commit's URL (or, failing that, the repository's URL).
+
+    Raises:
+        ModelLoadError: ``folder`` is not a folder, or the Hub refused the upload.
+    """
+    from huggingface_hub import HfApi
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        state = "is not a folder" if path.exists() else "does not exist"
+        raise ModelLoadError(f"Cannot push {path} to Hugging Face Hub repository {repo_id!r}: "
+                             f"expected a folder (a saved binder model), but it {state}.")
+    api = HfApi(token=token, endpoint=_hub_endpoint())
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=path, revision=revision,
+                                   commit_message=commit_message)
+    except Exception as err:  # Hub, OS and transport errors alike, chained below
+        raise ModelLoadError(f"Uploading {path} to Hugging Face Hub repository {repo_id!r} failed: "
+                             f"{type(err).__name__}: {err}") from err
+    url = str(getattr(commit, "commit_url", None) or repo_url)
+    logger.info("Pushed %s to %s", path, url)
+    return url

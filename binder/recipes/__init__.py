@@ -1,0 +1,1 @@
+"""Recipes built on binder's core."""

@@ -1,0 +1,163 @@
+"""The offline default anchor: a small open_clip CLIP trained on MNIST captions, then frozen.
+
+There are no public CLIP weights offline, so binder trains its own anchor: the ``binder-digits``
+open_clip config (registered with open_clip from ``binder/model_configs``) trained on MNIST
+instances below ``mnist_test_from`` against captions from many templates (class names are the
+words zero..nine) with CLIP's contrastive objective (Radford et al., 2021), made label-aware:
+every same-class pair in a batch counts as a positive (multi-positive InfoNCE), which removes
+the same-class false negatives that make plain CLIP training on 10 classes collapse at larger
+batch sizes. The result is saved in open_clip's folder format (``open_clip_config.json`` +
+``open_clip_model.safetensors``), so ``open_clip.create_model_and_transforms("local-dir:<folder>")``
+loads it without binder.
+
+``configs/anchor/digits.yaml`` names this recipe as the anchor's ``build``: training a model on
+the default anchor builds the anchor first when its checkpoint is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torchvision.transforms import v2
+
+from binder.anchor import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, register_open_clip_configs
+from binder.datasets.digits import CLASSNAMES, TEMPLATES, DigitsCaptionDataModule, DigitsConfig
+from binder.evaluation import class_embeddings, format_table, topk_accuracy, write_metrics
+from binder.files import atomic_folder
+from binder.logs import quiet_open_clip
+from binder.optim import OptimConfig, configure_adamw
+from binder.types import IMAGE, TEXT
+
+log = logging.getLogger(__name__)
+
+
+def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor,
+                             scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets spread over every same-label pair in the batch."""
+    logits = scale * img @ txt.T  # (N, N)
+    same = (labels[:, None] == labels[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    loss_i = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
+    loss_t = torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean()
+    return (loss_i + loss_t) / 2
+
+
+class AnchorTrainingModule(L.LightningModule):
+    """Trains an open_clip CLIP on (image, caption, label) batches; validates zero-shot accuracy."""
+
+    def __init__(self, clip: Any, tokenizer: Any, optim: OptimConfig, classnames: Sequence[str],
+                 templates: Sequence[str]) -> None:
+        super().__init__()
+        self.clip, self.tokenizer, self.optim_cfg = clip, tokenizer, optim
+        self.classnames, self.templates = list(classnames), list(templates)
+        self._val: list = []
+        self.zero_shot: Dict[str, float] = {}
+
+    def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        img = F.normalize(self.clip.encode_image(batch[IMAGE]), dim=-1)
+        txt = F.normalize(self.clip.encode_text(batch[TEXT]), dim=-1)
+        scale = self.clip.logit_scale.exp().clamp(max=100)
+        loss = multi_positive_clip_loss(img, txt, batch["label"], scale)
+        self.log("train/loss/image-text", loss, prog_bar=True, batch_size=img.shape[0])
+        self.log("train/logit_scale", scale, batch_size=1)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+        self._classes = class_embeddings(self.clip.encode_text, self.tokenizer, self.classnames, self.templates,
+                                         self.device)
+
+    def validation_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
+        img = F.normalize(self.clip.encode_image(batch[IMAGE]), dim=-1)
+        self._val.append((img.float().cpu(), batch["label"].cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        emb = torch.cat([e for e, _ in self._val])
+        labels = torch.cat([lab for _, lab in self._val]).numpy()
+        self.zero_shot = topk_accuracy(emb, labels, self._classes)
+        self.log("val/zero_shot/top1", self.zero_shot["top1"], prog_bar=True)
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        return configure_adamw(self.trainer, [("clip", self.clip)], self.optim_cfg)
+
+
+@dataclass
+class DigitsAnchorRecipe:
+    """How the digits anchor is trained (the ``anchor.build`` node of ``anchor=digits``)."""
+
+    _target_: str = "binder.recipes.digits_anchor.DigitsAnchorRecipe"
+    root: Optional[str] = None  # data root with mnist/; None -> $BINDER_DATA or ../shared/data
+    mnist_test_from: int = 8000  # MNIST instances from here on are held out for zero-shot evaluation
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1.0e-3
+    weight_decay: float = 0.1
+    warmup_epochs: float = 1.0
+    augment: bool = True  # random affine on training images
+    rotate: float = 10.0  # degrees
+    translate: float = 0.08  # fraction of the side
+    scale: float = 0.1  # zoom in [1 - s, 1 + s]
+    limit_train_batches: Optional[int] = None  # for quick tests
+
+    def run(self, anchor: Dict[str, Any], run_dir: Optional[Path] = None) -> Dict[str, Any]:
+        """Train the anchor described by ``anchor`` (``model``, ``pretrained``) and freeze it into
+        the folder of its ``pretrained`` checkpoint; returns the held-out zero-shot metrics."""
+        import open_clip
+
+        register_open_clip_configs()
+        with quiet_open_clip():
+            clip, _, preprocess = open_clip.create_model_and_transforms(anchor["model"], pretrained=None)
+            tokenizer = open_clip.get_tokenizer(anchor["model"])
+        augment = v2.RandomAffine(degrees=self.rotate, translate=(self.translate,) * 2,
+                                  scale=(1 - self.scale, 1 + self.scale)) if self.augment else None
+        data = DigitsCaptionDataModule(DigitsConfig(root=self.root, mnist_test_from=self.mnist_test_from),
+                                       preprocess, tokenizer, self.batch_size, augment)
+        optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, betas=(0.9, 0.98), warmup_epochs=self.warmup_epochs)
+        module = AnchorTrainingModule(clip, tokenizer, optim, CLASSNAMES, TEMPLATES)
+        trainer = L.Trainer(max_epochs=self.epochs, accelerator="auto", devices=1, gradient_clip_val=1.0, logger=False,
+                            enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
+                            limit_train_batches=self.limit_train_batches or 1.0,
+                            default_root_dir=str(run_dir) if run_dir else None)
+        trainer.fit(module, datamodule=data)
+        if trainer.interrupted:
+            raise KeyboardInterrupt("anchor training was interrupted; nothing was saved")
+        log.info("\n%s", format_table({"image->text (anchor)": module.zero_shot},
+                                      "Digits anchor: zero-shot on held-out MNIST (%)"))
+        dest = Path(str(anchor["pretrained"])).expanduser().parent
+        with atomic_folder(dest) as tmp:
+            write_open_clip_folder(clip.eval(), anchor["model"], tmp, module.zero_shot)
+        log.info("anchor:  %s", dest)
+        metrics = {"anchor": anchor["model"], "zero_shot_mnist_heldout": module.zero_shot}
+        if run_dir is not None:
+            shutil.copytree(dest, Path(run_dir) / "anchor", dirs_exist_ok=True)
+            write_metrics(Path(run_dir) / "metrics.json", metrics)
+        return metrics
+
+
+def write_open_clip_folder(clip: Any, model_name: str, folder: Path, metrics: Dict[str, Any]) -> None:
+    """``open_clip_config.json`` (model and preprocess config) + ``open_clip_model.safetensors``."""
+    import open_clip
+
+    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in open_clip.get_model_preprocess_cfg(clip).items()}
+    config = {"model_cfg": open_clip.get_model_config(model_name), "preprocess_cfg": preprocess,
+              "binder": {"zero_shot": metrics}}
+    save_file({k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}, str(folder / OPEN_CLIP_WEIGHTS))
+    (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def train_task(cfg: Any) -> Dict[str, Any]:
+    """``experiment=digits_anchor``: (re)build the digits anchor of ``cfg.anchor``."""
+    from binder.config import instantiate, to_dict
+
+    settings = to_dict(cfg.anchor)
+    recipe = instantiate(cfg.anchor.build, "anchor.build")
+    return recipe.run(settings, Path(cfg.run_dir).resolve())
