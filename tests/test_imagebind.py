@@ -374,3 +374,36 @@ def test_fine_tune_from_checkpoint(compose, checkpoint, model, tmp_path):
     assert changed and all(k.startswith(("encoders.audio.", "heads.audio.")) for k in changed), changed[:5]
     assert "heads.audio.weight" in changed
     assert not any(p.requires_grad for p in tuned.anchor.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# By name and by URL (a local HTTP server stands in for dl.fbaipublicfiles.com)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def file_server():
+    from servers import FileServer, _file_handler, _serve
+
+    state = FileServer()
+    server, state.base = _serve(_file_handler(state))
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def test_load_imagebind_huge_by_name(checkpoint, model, file_server, tmp_path, monkeypatch):
+    """``binder.load("imagebind_huge")`` downloads the official file once into the cache (the URL
+    redirected to a local server here), then loads it like the file itself."""
+    file_server.files["/imagebind/imagebind_huge.pth"] = checkpoint.read_bytes()
+    monkeypatch.setenv("BINDER_PRETRAINED_URL_IMAGEBIND_HUGE", file_server.url("/imagebind/"))
+    monkeypatch.setenv("BINDER_CACHE", str(tmp_path / "cache"))
+    loaded = binder.load("imagebind_huge")
+    assert isinstance(loaded, ImageBindModel) and loaded.bound_modalities == BOUND
+    assert (tmp_path / "cache" / "pretrained" / "imagebind_huge.pth").read_bytes() == checkpoint.read_bytes()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    requests = len(file_server.requests)
+    binder.load("imagebind_huge", modalities=["audio"])  # cached: no second download
+    assert len(file_server.requests) == requests
+    by_url = binder.load(file_server.url("/imagebind/imagebind_huge.pth"))
+    assert isinstance(by_url, ImageBindModel)

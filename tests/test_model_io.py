@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -358,3 +359,121 @@ def test_embed_bad_inputs_name_them(no_default, model, tmp_path):
         binder.embed(text=["a", 3], progress=False)
     with pytest.raises(BinderInputError, match="smell"):
         binder.embed(smell=["x"], progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face conventions: save_pretrained / from_pretrained / push_to_hub, hf-hub: sources
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    from huggingface_hub import constants as hf_constants
+
+    from servers import FakeHub, _hub_handler, _serve
+
+    state = FakeHub()
+    server, state.base = _serve(_hub_handler(state))
+    monkeypatch.setenv("HF_ENDPOINT", state.base)
+    monkeypatch.setenv("BINDER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def test_load_from_hub_repository(model, saved, fake_hub, inputs):
+    """A saved model folder published as a Hub repository loads by ``hf-hub:org/name``."""
+    fake_hub.add("binder/digits-audio", "main", saved)
+    for loaded in (binder.load("hf-hub:binder/digits-audio"), BindModel.from_pretrained("hf-hub:binder/digits-audio")):
+        assert loaded.bound_modalities == ["audio"]
+        torch.testing.assert_close(_embed_all(loaded, inputs)["audio"], _embed_all(model, inputs)["audio"], rtol=0, atol=0)
+    with pytest.raises(ModelLoadError, match="not found"):
+        binder.load("hf-hub:binder/missing")
+
+
+def test_save_pretrained_and_push_to_hub(model, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+
+    def upload_folder(self, *, folder_path, repo_id, **kw):
+        calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    folder = model.save_pretrained(tmp_path / "digits-audio")
+    assert (folder / "config.json").is_file() and not calls
+    model.save_pretrained(tmp_path / "digits-audio", push_to_hub=True, repo_id="me/digits-audio")
+    url = model.push_to_hub("me/other", private=True)
+    assert url.startswith("https://huggingface.co/me/other")
+    assert [c[:2] for c in calls] == [("create", "me/digits-audio"), ("upload", "me/digits-audio"),
+                                      ("create", "me/other"), ("upload", "me/other")]
+    assert calls[1][2] == ["anchor", "config.json", "model.safetensors"]
+    assert calls[2][2]["private"] is True
+
+
+def test_load_open_clip_anchor_alone(anchor_file, file_anchor):
+    m = binder.load("open_clip:binder-digits", pretrained=str(anchor_file))
+    assert m.modalities == ["image", "text"] and m.anchor.fingerprint() == file_anchor.fingerprint()
+    m2 = binder.load(f"open_clip:binder-digits@{anchor_file}")
+    assert m2.anchor.fingerprint() == file_anchor.fingerprint()
+    with pytest.raises(ModelLoadError, match="no-such-clip"):
+        binder.load("open_clip:no-such-clip")
+
+
+# ----------------------------------------------------------------------------------------------
+# merge: encoders trained separately against the same anchor become one model
+# ----------------------------------------------------------------------------------------------
+
+def test_merge_models_sharing_an_anchor(file_anchor, tmp_path, inputs):
+    torch.manual_seed(1)
+    audio = make_model(file_anchor)
+    depth = BindModel(file_anchor, {"depth": {"encoder": SMALL_ENCODER}}).eval()
+    depth_map = np.random.default_rng(0).uniform(0.5, 2.0, (40, 40)).astype(np.float32)
+    merged = binder.merge(audio, binder.save(depth, tmp_path / "depth"))
+    assert merged.bound_modalities == ["audio", "depth"]
+    want_audio = audio.embed(audio=[inputs["wav"]], progress=False)["audio"]
+    want_depth = depth.embed(depth=[depth_map], progress=False)["depth"]
+    got = merged.embed(audio=[inputs["wav"]], depth=[depth_map], progress=False)
+    torch.testing.assert_close(got["audio"], want_audio, rtol=0, atol=0)
+    torch.testing.assert_close(got["depth"], want_depth, rtol=0, atol=0)
+    again = binder.load(binder.save(merged, tmp_path / "merged"))
+    torch.testing.assert_close(again.embed(depth=[depth_map], progress=False)["depth"], want_depth, rtol=0, atol=0)
+
+
+def test_merge_refuses_other_anchors_and_duplicates(file_anchor, random_anchor):
+    a = make_model(file_anchor)
+    assert random_anchor.fingerprint() == file_anchor.fingerprint()  # the same weights, from a file
+    binder.merge(a, BindModel(random_anchor, {"depth": {"encoder": SMALL_ENCODER}}))
+    torch.manual_seed(5)
+    other = OpenClipAnchor(model="binder-digits")  # same architecture, other weights
+    with pytest.raises(BinderInputError, match="anchors differ"):
+        binder.merge(a, BindModel(other, {"depth": {"encoder": SMALL_ENCODER}}))
+    with pytest.raises(BinderInputError, match="audio is bound in both"):
+        binder.merge(a, make_model(file_anchor, seed=3))
+    with pytest.raises(BinderInputError, match="at least two"):
+        binder.merge(a)
+
+
+# ----------------------------------------------------------------------------------------------
+# embed() leaves the model where the user put it
+# ----------------------------------------------------------------------------------------------
+
+def test_embed_does_not_move_the_model(model, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("embed() moved the model")
+
+    monkeypatch.setattr(model, "to", refuse)
+    assert model.embed(text=["a"], progress=False)["text"].shape == (1, 128)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_embed_runs_where_the_model_is(model):
+    model.to("cuda")
+    try:
+        z = model.embed(text=["a"], progress=False)["text"]
+        assert z.device.type == "cpu" and next(model.parameters()).device.type == "cuda"
+    finally:
+        model.to("cpu")

@@ -243,3 +243,44 @@ def test_default_training_meets_target(compose, data_root, tmp_path):
     (row,) = rows.values()
     assert row["n"] == 250  # takes 0-4 of 5 speakers x 10 digits
     assert row["top1"] >= 80.0, row
+
+
+# ----------------------------------------------------------------------------------------------
+# One model, many modalities
+# ----------------------------------------------------------------------------------------------
+
+def test_one_run_binds_several_modalities(compose, tiny_anchor, small_data_root, tmp_path):
+    cfg = compose(["modality=[audio,depth]", *small_encoder("audio"), *small_encoder("depth"),
+                   f"data.root={small_data_root}", "data.batch_size=8", "data.epoch_size=16", "trainer.max_epochs=1",
+                   "trainer.log_every_n_steps=1", "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false",
+                   f"run_dir={tmp_path}"])
+    assert list(cfg.modality) == ["audio", "depth"]
+    metrics = train(cfg)
+    assert metrics["modalities"] == ["audio", "depth"]
+    assert set(metrics["zero_shot"]) == {"audio->text (emergent)", "depth->text (emergent)"}
+    assert metrics["zero_shot"]["depth->text (emergent)"]["n"] == 2000
+    model = binder.load(tmp_path / "model")
+    assert model.bound_modalities == ["audio", "depth"]
+    logs = next((tmp_path / "logs").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    for key in ("train/loss/audio-image", "train/loss/depth-image", "val/loss/audio-image", "val/loss/depth-image"):
+        assert key in logs, key
+    # Each modality's own data: audio epochs follow the 20 recordings, depth its 16 renders.
+    steps = [ln for ln in next((tmp_path / "logs").rglob("metrics.csv")).read_text().splitlines()[1:]]
+    assert len(steps) > 0
+
+
+def test_gradients_are_clipped_per_modality(random_anchor):
+    from binder.lightning import BindingModule
+    from binder.optim import OptimConfig
+
+    model = binder.BindModel(random_anchor, {"audio": {"encoder": SMALL_ENCODER}, "depth": {"encoder": SMALL_ENCODER}})
+    module = BindingModule(model, OptimConfig())
+    for name, scale in (("audio", 100.0), ("depth", 1e-4)):
+        for p in model.modality_parameters(name):
+            p.grad = torch.full_like(p, scale)
+    norm = lambda name: torch.norm(torch.stack([p.grad.norm() for p in model.modality_parameters(name)]))  # noqa: E731
+    depth_before = norm("depth").item()
+    assert norm("audio") > 1.0 and depth_before < 1.0
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0)
+    assert norm("audio").item() == pytest.approx(1.0, rel=1e-4)
+    assert norm("depth").item() == pytest.approx(depth_before)  # untouched by audio's large gradients

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -125,7 +126,7 @@ class DigitsAnchorRecipe:
         module = AnchorTrainingModule(clip, tokenizer, optim, CLASSNAMES, TEMPLATES)
         trainer = L.Trainer(max_epochs=self.epochs, accelerator="auto", devices=1, gradient_clip_val=1.0, logger=False,
                             enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
-                            limit_train_batches=self.limit_train_batches or 1.0,
+                            limit_train_batches=self.limit_train_batches or 1.0, enable_progress_bar=sys.stderr.isatty(),
                             default_root_dir=str(run_dir) if run_dir else None)
         trainer.fit(module, datamodule=data)
         if trainer.interrupted:
