@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from binder.errors import BinderInputError, ModelLoadError
+from binder.errors import BinderInputError, ModelLoadError, existing_file
 from binder.logs import quiet_open_clip
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,7 @@ def open_image(image: Any) -> Image.Image:
             raise BinderInputError(f"image input is empty ({image.width} x {image.height} pixels)")
         return image.convert("RGB")
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if path.is_dir():
-            raise BinderInputError(f"image file {str(path)!r} is a directory; expected an image file")
-        if not path.is_file():
-            raise BinderInputError(f"image file {str(path)!r} does not exist")
+        path = existing_file(image, "image", "an image file")
         try:
             with Image.open(path) as im:
                 return im.convert("RGB")

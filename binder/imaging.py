@@ -18,7 +18,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 
-from binder.errors import BinderInputError
+from binder.errors import BinderInputError, existing_file
 
 INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
@@ -52,11 +52,7 @@ def single_channel(x: np.ndarray, name: str, allowed: Tuple[int, ...] = (1,)) ->
 
 def read_image_array(path: "str | Path", kind: str) -> np.ndarray:
     """Any PIL-readable image file -> numpy array (16-bit PNGs keep their integer values)."""
-    path = Path(path)
-    if path.is_dir():
-        raise BinderInputError(f"{kind} file {str(path)!r} is a directory; expected an image file")
-    if not path.is_file():
-        raise BinderInputError(f"{kind} file {str(path)!r} does not exist")
+    path = existing_file(path, kind, "an image file")
     try:
         with Image.open(path) as im:
             if im.mode == "P":

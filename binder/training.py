@@ -19,6 +19,7 @@ from typing import Any, Dict, List
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from binder.config import build_dataclass, check_keys, instantiate, register_configs, to_dict
@@ -113,6 +114,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     trainer_node = dict(to_dict(cfg.trainer))
     if trainer_node.get("enable_progress_bar") is None:  # bars only on a terminal, never in log files
         trainer_node["enable_progress_bar"] = sys.stderr.isatty()
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):  # callbacks=none: no checkpoints at all
+        trainer_node.setdefault("enable_checkpointing", False)
     return instantiate(trainer_node, "trainer", callbacks=callbacks, logger=loggers or False,
                        default_root_dir=str(run_dir))
 

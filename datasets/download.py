@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -42,6 +41,7 @@ from typing import IO
 from tqdm.auto import tqdm
 
 from binder.errors import BinderInputError
+from binder.files import atomic_folder, temp_sibling
 
 log = logging.getLogger("binder.datasets.download")  # stable name, also under `python -m`
 
@@ -114,13 +114,6 @@ def _payload_sha256(path: Path, gz: bool, what: str) -> str:
     return digest.hexdigest()
 
 
-def _temp_file(folder: Path, name: str) -> Path:
-    """Create an empty hidden temporary file in ``folder`` (same file system as the target)."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-    os.close(fd)
-    return Path(tmp)
-
-
 def _mnist_present(folder: Path, name: str) -> bool:
     """Whether ``name`` (or its decompressed form) is in ``folder`` with the expected digest."""
     for path, gz in ((folder / name, True), (folder / name[: -len(".gz")], False)):
@@ -138,7 +131,7 @@ def _download_mnist_file(name: str, folder: Path, urls: Sequence[str], timeout: 
     """Fetch ``name`` from the first of ``urls`` that serves a verified copy; rename it into place."""
     expected, errors = MNIST_FILES[name], []
     for url in urls:
-        tmp = _temp_file(folder, name)
+        tmp = temp_sibling(folder / name, folder=False)
         try:
             _fetch(url, tmp, timeout)
             actual = _payload_sha256(tmp, True, f"MNIST file {name!r} from {url!r}")
@@ -297,17 +290,6 @@ def _verify_fsdd(recordings: Path, url: str) -> None:
         )
 
 
-def _install(staging: Path, target: Path) -> None:
-    """Rename the verified ``staging`` folder to ``target``, replacing an unverified old one."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    trash = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-    os.replace(target, trash / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def download_fsdd(root: str | Path, url: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Path:
     """Download, filter and verify the Free Spoken Digit Dataset into ``root/fsdd``.
 
@@ -331,16 +313,14 @@ def download_fsdd(root: str | Path, url: str | None = None, timeout: float = DEF
     if target.exists():
         log.warning("%s exists but does not verify; it will be replaced", target)
     root.mkdir(parents=True, exist_ok=True)
-    archive = _temp_file(root, "fsdd-archive")
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".fsdd.", suffix=".part"))
+    archive = temp_sibling(root / "fsdd-archive", folder=False)
     try:
-        _fetch(url, archive, timeout)
-        _extract_fsdd(archive, url, staging)
-        _verify_fsdd(staging / "recordings", url)
-        _install(staging, target)
+        with atomic_folder(target) as staging:  # replaces an unverified old copy only once verified
+            _fetch(url, archive, timeout)
+            _extract_fsdd(archive, url, staging)
+            _verify_fsdd(staging / "recordings", url)
     finally:
         archive.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("FSDD ready in %s", target)
     return target
 

@@ -74,7 +74,7 @@ def read_manifest(path: "str | Path", modalities: "str | Sequence[str]", need_im
     if path.is_dir():
         raise BinderInputError(f"manifest {str(path)!r} is a directory; expected a CSV or .jsonl file")
     if not path.is_file():
-        raise BinderInputError(f"manifest {str(path)!r} does not exist")
+        raise BinderInputError(f"manifest {str(path)!r} does not exist: set data.path to your CSV or .jsonl file of pairs")
     rows = _rows(path)
     need = set(modalities) | ({IMAGE} if need_image else set())
     columns = set().union(*(r.keys() for r in rows)) if rows else set()

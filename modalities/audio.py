@@ -21,7 +21,7 @@ import torchaudio
 
 from binder.clips import POLICIES, sample_starts
 from binder.config import build_dataclass
-from binder.errors import BinderConfigError, BinderInputError
+from binder.errors import BinderConfigError, BinderInputError, existing_file
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
 
@@ -120,9 +120,7 @@ class AudioPreprocessor:
 
     def read(self, path: "str | Path") -> tuple:
         """Read an audio file with soundfile -> (float32 samples (C, T), sample rate)."""
-        path = Path(path)
-        if not path.is_file():
-            raise BinderInputError(f"audio file {str(path)!r} does not exist")
+        path = existing_file(path, "audio", "an audio file")
         try:
             data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
         except Exception as err:

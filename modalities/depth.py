@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from binder.config import build_dataclass, merge_overrides
-from binder.errors import BinderConfigError, BinderInputError
+from binder.errors import BinderConfigError, BinderInputError, existing_file
 from binder.imaging import MapAugmentConfig, as_array, augment_map, read_image_array, resize_center_crop, single_channel
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
@@ -128,10 +128,7 @@ class DepthPreprocessor:
         """Read a depth file: ``.npy`` (metres, or integer millimetres), 16-bit PNG / TIFF."""
         path = Path(path)
         if path.suffix.lower() == ".npy":
-            if path.is_dir():
-                raise BinderInputError(f"depth file {str(path)!r} is a directory; expected a .npy file")
-            if not path.is_file():
-                raise BinderInputError(f"depth file {str(path)!r} does not exist")
+            existing_file(path, "depth", "a .npy file")
             try:
                 return np.load(path, allow_pickle=False)
             except (ValueError, OSError, EOFError) as err:

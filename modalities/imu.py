@@ -32,7 +32,7 @@ from einops import rearrange
 
 from binder.clips import POLICIES, sample_starts
 from binder.config import build_dataclass, merge_overrides
-from binder.errors import BinderConfigError, BinderInputError
+from binder.errors import BinderConfigError, BinderInputError, existing_file
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
 
@@ -285,8 +285,7 @@ class IMUPreprocessor:
     def read(self, path: Path, sample_rate: Optional[float]) -> Tuple[np.ndarray, Optional[float], str]:
         """Read a .csv (timestamps), .npy or .npz file -> (values (6, T), rate, name)."""
         name = f"imu file {str(path)!r}"
-        if not path.is_file():
-            raise BinderInputError(f"{name} does not exist")
+        existing_file(path, "imu", "a .csv, .npy or .npz file")
         suffix = path.suffix.lower()
         if suffix == ".csv":
             t, values = read_csv(path, name)

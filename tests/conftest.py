@@ -125,3 +125,21 @@ def anchor_file(random_anchor, tmp_path_factory) -> Path:
     save_file(state, str(path))
     return path
 
+
+
+@pytest.fixture
+def hub_server(tmp_path, monkeypatch):
+    """An empty fake Hugging Face Hub on 127.0.0.1 (``servers.FakeHub``; add repositories with
+    ``.add(repo_id, revision, folder)``), with ``$HF_ENDPOINT`` and ``$BINDER_CACHE`` pointing at it."""
+    from huggingface_hub import constants as hf_constants
+
+    from servers import FakeHub, _hub_handler, _serve
+
+    state = FakeHub()
+    server, state.base = _serve(_hub_handler(state))
+    monkeypatch.setenv("HF_ENDPOINT", state.base)
+    monkeypatch.setenv("BINDER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    yield state
+    server.shutdown()
+    server.server_close()

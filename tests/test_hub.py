@@ -1,15 +1,5 @@
-"""binder.hub against real HTTP servers on 127.0.0.1: a file server and a fake Hugging Face Hub.
-
-* ``files`` serves byte strings with ``Content-Length`` and ``Range`` support (206 +
-  ``Content-Range``, 416), and can be told to drop the connection after N bytes (EOF or RST),
-  to ignore ``Range`` (200) or to stall; it records every request's path and ``Range`` header.
-* ``fake_hub`` implements the endpoints ``huggingface_hub.snapshot_download`` (2.4.0) calls:
-  ``GET /api/models/<repo>/revision/<rev>`` (repo info with the commit ``sha``),
-  ``GET /api/models/<repo>/tree/<commit>`` (recursive file listing) and
-  ``HEAD``/``GET /<repo>/resolve/<commit>/<file>`` (``X-Repo-Commit`` + ``ETag`` headers, body),
-  with the ``X-Error-Code`` headers huggingface_hub turns into RepositoryNotFoundError /
-  RevisionNotFoundError. ``HF_ENDPOINT`` points at it; binder.hub reads it at call time.
-"""
+"""binder.hub against real HTTP servers on 127.0.0.1 (``servers``: a file server that resumes,
+drops and misbehaves on request, and a fake Hugging Face Hub that ``HF_ENDPOINT`` points at)."""
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +16,7 @@ from huggingface_hub import constants as hf_constants
 
 from binder import hub
 from binder.errors import ModelLoadError
-from servers import FakeHub, FileServer, _file_handler, _free_port, _hub_handler, _serve
+from servers import FakeHub, FileServer, _file_handler, _free_port, _serve
 
 
 def _body(n: int, seed: int = 0) -> bytes:
@@ -305,23 +295,16 @@ def test_resolve_unknown_source_lists_accepted_forms(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- fake Hugging Face Hub
 @pytest.fixture
-def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """``org/name`` at ``main`` and ``v1`` on a local fake Hub, with ``$HF_ENDPOINT`` pointing at it."""
-    state = FakeHub()
+def fake_hub(hub_server: FakeHub, tmp_path: Path) -> FakeHub:
+    """``org/name`` at ``main`` and ``v1`` on the local fake Hub (``$HF_ENDPOINT`` points at it)."""
     for revision, weights in (("main", b"main weights"), ("v1", b"v1 weights")):
         folder = tmp_path / "repo" / revision
         (folder / "sub").mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps({"format": "binder", "revision": revision}))
         (folder / "model.safetensors").write_bytes(weights)
         (folder / "sub" / "notes.txt").write_text(f"notes {revision}")
-        state.add("org/name", revision, folder)
-    server, state.base = _serve(_hub_handler(state))
-    monkeypatch.setenv("HF_ENDPOINT", state.base)
-    monkeypatch.setenv("BINDER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    yield state
-    server.shutdown()
-    server.server_close()
+        hub_server.add("org/name", revision, folder)
+    return hub_server
 
 
 def _snapshot_files(folder: Path) -> dict[str, bytes]:

@@ -36,7 +36,9 @@ def test_named_terms_and_values():
     torch.testing.assert_close(terms["loss/audio->image"], l_xt)
     torch.testing.assert_close(terms["loss/image->audio"], l_tx)
     torch.testing.assert_close(terms["loss/audio-image"], (l_xt + l_tx) / 2)
-    assert 0 <= terms["acc/audio->image"] <= 1
+    hits = ((x @ t.T).argmax(1) == torch.arange(8)).float().mean()  # in-batch top-1 retrieval, by hand
+    torch.testing.assert_close(terms["acc/audio->image"], hits)
+    torch.testing.assert_close(terms["acc/image->audio"], ((t @ x.T).argmax(1) == torch.arange(8)).float().mean())
 
 
 def test_perfect_alignment():

@@ -365,25 +365,9 @@ def test_embed_bad_inputs_name_them(no_default, model, tmp_path):
 # Hugging Face conventions: save_pretrained / from_pretrained / push_to_hub, hf-hub: sources
 # ----------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    from huggingface_hub import constants as hf_constants
-
-    from servers import FakeHub, _hub_handler, _serve
-
-    state = FakeHub()
-    server, state.base = _serve(_hub_handler(state))
-    monkeypatch.setenv("HF_ENDPOINT", state.base)
-    monkeypatch.setenv("BINDER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-def test_load_from_hub_repository(model, saved, fake_hub, inputs):
+def test_load_from_hub_repository(model, saved, hub_server, inputs):
     """A saved model folder published as a Hub repository loads by ``hf-hub:org/name``."""
-    fake_hub.add("binder/digits-audio", "main", saved)
+    hub_server.add("binder/digits-audio", "main", saved)
     for loaded in (binder.load("hf-hub:binder/digits-audio"), BindModel.from_pretrained("hf-hub:binder/digits-audio")):
         assert loaded.bound_modalities == ["audio"]
         torch.testing.assert_close(_embed_all(loaded, inputs)["audio"], _embed_all(model, inputs)["audio"], rtol=0, atol=0)
