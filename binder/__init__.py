@@ -5,12 +5,23 @@ fine-tuning and retrieval. Public API: :func:`load`, :func:`save`, :func:`merge`
 :func:`embed`, :func:`list_modalities`, :func:`register_modality`, :class:`ModalitySpec`,
 :class:`BindModel`, and :class:`Modality` (constants for the built-in modality names).
 """
-from binder.errors import BinderConfigError, BinderError, BinderInputError, ModelLoadError, NoDefaultModelError
-from binder.types import Modality
-from binder.registry import ModalitySpec, get_modality, list_modalities, register_modality
-from binder.model import BindModel
-from binder.io import load, merge, save
 from binder.embed import embed, use
+from binder.errors import (
+    BinderConfigError,
+    BinderError,
+    BinderInputError,
+    ModelLoadError,
+    NoDefaultModelError,
+)
+from binder.io import load, merge, save
+from binder.model import BindModel
+from binder.registry import (
+    ModalitySpec,
+    get_modality,
+    list_modalities,
+    register_modality,
+)
+from binder.types import Modality
 
 __version__ = "0.2.0"
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from binder.errors import BinderInputError, ModelLoadError, existing_file
+from binder.errors import BinderInputError, ModelLoadError, existing_file, reading
 from binder.logs import quiet_open_clip
 
 log = logging.getLogger(__name__)
@@ -114,20 +114,42 @@ class Anchor(nn.Module):
         return cached
 
 
+def _array_image(image: Any) -> Image.Image:
+    """An (H, W), (H, W, 3) or (3, H, W) uint8 array / tensor, or float in [0, 1] -> RGB PIL image."""
+    import numpy as np
+
+    x = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
+        x = np.moveaxis(x, 0, -1)  # (C, H, W) -> (H, W, C)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] != 3) or min(x.shape[:2], default=0) == 0:
+        raise BinderInputError(f"image array must be (H, W), (H, W, 3) or (3, H, W) with H, W >= 1, got shape {x.shape}")
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all():
+            raise BinderInputError("image array contains NaN or infinite pixels")
+        if x.min() < 0 or x.max() > 1:
+            raise BinderInputError(f"float image arrays must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+        x = np.round(x * 255)
+    elif x.dtype != np.uint8:
+        raise BinderInputError(f"image arrays must be uint8 or float in [0, 1], got dtype {x.dtype}")
+    return Image.fromarray(x.astype(np.uint8)).convert("RGB")
+
+
 def open_image(image: Any) -> Image.Image:
-    """Return an RGB PIL image from a PIL image or a path, with a clear error otherwise."""
+    """Return an RGB PIL image from a PIL image, a path or an array, with a clear error otherwise."""
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise BinderInputError(f"image input is empty ({image.width} x {image.height} pixels)")
         return image.convert("RGB")
     if isinstance(image, (str, Path)):
         path = existing_file(image, "image", "an image file")
-        try:
+        with reading(path, "image file", "a readable image"):
             with Image.open(path) as im:
                 return im.convert("RGB")
-        except Exception as err:
-            raise BinderInputError(f"image file {str(path)!r} is not a readable image: {err}") from err
-    raise BinderInputError(f"image input must be a PIL image or a file path, got {type(image).__name__}")
+    if isinstance(image, torch.Tensor) or type(image).__module__ == "numpy":
+        return _array_image(image)
+    raise BinderInputError(f"image input must be a PIL image, a file path or an array, got {type(image).__name__}")
 
 
 @dataclass

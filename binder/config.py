@@ -86,13 +86,6 @@ def merge_overrides(base: T, overrides: Any, where: str) -> T:
     return dataclasses.replace(base, **set_values)
 
 
-def optional_fields(cls: type, name: str, exclude: tuple = ()) -> type:
-    """A dataclass with every field of ``cls`` as ``Optional[...] = None`` (preset overrides)."""
-    specs = [(f.name, Optional[f.type] if not isinstance(f.type, str) else Any, dataclasses.field(default=None))
-             for f in dataclasses.fields(cls) if f.name not in exclude]
-    return dataclasses.make_dataclass(name, specs)
-
-
 # ----------------------------------------------------------------------------------------------
 # `_target_` instantiation with key checks
 # ----------------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ A data module is named in the ``data`` config group by ``_target_`` and built by
 :func:`build_datamodule` with the model, the modalities to train and the target (``image``:
 ImageBind's emergent route; ``text``: the text-paired baseline; ``label``: the supervised
 reference). Each modality gets its own paired data, as in ImageBind, which trains every modality
-against images it was captured with: ``train_dataloader`` returns ``{modality: DataLoader}``
-(Lightning cycles the shorter ones), ``val_dataloader`` one loader per modality in
-:attr:`PairedDataModule.val_modalities` order. Every batch is a dict keyed by modality name, plus
+against images it was captured with: ``train_dataloader`` combines one loader per modality
+(:func:`combine`: every step takes a batch of each modality that still has one, so each modality
+sees exactly the batches it would in a run of its own), ``val_dataloader`` gives one loader per
+modality in :attr:`PairedDataModule.val_modalities` order. Every batch is a dict keyed by modality name, plus
 ``label`` where the data has classes.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader
 
 from binder.config import build_dataclass, check_keys, instantiate, to_dict
 from binder.errors import BinderConfigError
@@ -24,6 +27,12 @@ from binder.registry import get_modality
 log = logging.getLogger(__name__)
 
 TARGETS = ("image", "text", "label")
+
+
+def combine(loaders: Dict[str, DataLoader]) -> CombinedLoader:
+    """One training loader over ``{modality: DataLoader}``: an epoch lasts as long as the longest;
+    a modality whose loader is done gives ``None`` for the rest of the epoch (``max_size`` mode)."""
+    return CombinedLoader(loaders, mode="max_size")
 
 
 class PairedDataModule(L.LightningDataModule):

@@ -24,15 +24,6 @@ log = logging.getLogger(__name__)
 _default_model = None
 
 
-def best_device() -> torch.device:
-    """CUDA if present, then Apple MPS, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def _is_pair(value: Any) -> bool:
     """``(samples, rate)``: one input with its int or float rate (e.g. (waveform, 16000))."""
     return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], numbers.Real)

@@ -40,3 +40,34 @@ def existing_file(path: "str | os.PathLike", kind: str, expected: str = "a file"
     if not path.is_file():
         raise BinderInputError(f"{kind} file {str(path)!r} does not exist")
     return path
+
+
+def check_rate(rate: object, name: str, what: str = "sample rate", whole: bool = False) -> float:
+    """A finite, positive rate in Hz (a whole number with ``whole``); otherwise one clear error."""
+    import math
+    import numbers
+
+    ok = isinstance(rate, numbers.Real) and not isinstance(rate, bool) and math.isfinite(float(rate)) and rate > 0
+    if ok and whole and float(rate) != int(rate):
+        raise BinderInputError(f"{name}: {what} must be a whole number of Hz, got {rate!r}")
+    if not ok:
+        raise BinderInputError(f"{name}: {what} must be a finite positive number of Hz, got {rate!r}")
+    return float(rate)
+
+
+class reading:  # noqa: N801 (used as a context manager, like open)
+    """``with reading(path, "depth file", "a .npy array"):`` turns any failure of a file parser
+    (numpy, PIL, PyAV, zip, ...) into one :class:`BinderInputError` naming the file; binder's own
+    errors pass through. Decoders raise many exception types on corrupt input; none may escape."""
+
+    def __init__(self, path: "str | os.PathLike", kind: str, what: str) -> None:
+        self.path, self.kind, self.what = path, kind, what
+
+    def __enter__(self) -> "reading":
+        return self
+
+    def __exit__(self, kind: type, err: BaseException, tb: object) -> bool:
+        if err is None or isinstance(err, BinderError) or not isinstance(err, Exception):
+            return False
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise BinderInputError(f"{self.kind} {str(self.path)!r} is not {self.what}: {type(err).__name__}: {detail}") from err

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from binder.errors import BinderInputError, existing_file
+from binder.errors import BinderInputError, existing_file, reading
 
 INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
@@ -53,13 +53,11 @@ def single_channel(x: np.ndarray, name: str, allowed: Tuple[int, ...] = (1,)) ->
 def read_image_array(path: "str | Path", kind: str) -> np.ndarray:
     """Any PIL-readable image file -> numpy array (16-bit PNGs keep their integer values)."""
     path = existing_file(path, kind, "an image file")
-    try:
+    with reading(path, f"{kind} file", "a readable image"):
         with Image.open(path) as im:
             if im.mode == "P":
                 im = im.convert("RGB")
             return np.array(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise BinderInputError(f"{kind} file {str(path)!r} is not a readable image: {err}") from err
 
 
 def resize_center_crop(x: torch.Tensor, size: "int | Sequence[int]", interpolation: str = "bicubic",

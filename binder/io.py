@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -183,8 +183,8 @@ def load_folder(path: "str | Path", device: "str | torch.device" = "cpu", verify
     try:
         anchor = build_anchor(_relative_anchor(config["anchor"], path))
         model = model_class(config.get("architecture", "bind"))(anchor, configs)
-    except BinderInputError as err:
-        raise ModelLoadError(f"config.json in {str(path)!r} does not describe a buildable model: {err}") from err
+    except BinderError as err:
+        raise ModelLoadError(f"config.json in {str(path)!r} does not describe a buildable model: {err}") from None
     expected = config.get("anchor_fingerprint")
     if verify and expected and anchor.fingerprint() != expected:
         raise ModelLoadError(f"the anchor built from {str(path / CONFIG_NAME)!r} ({config['anchor'].get('model')}) is not "
@@ -237,6 +237,9 @@ def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: 
         return _open_clip_model(text, pretrained, device)
     from binder.hub import resolve
 
+    local = Path(text).expanduser()
+    if not local.exists():
+        recover(local.absolute())  # a folder a killed save had moved aside
     resolved = resolve(text, revision=revision, verify=verify)
     path = resolved.path
     if resolved.kind == "imagebind" or (path.is_file() and path.suffix in (".pth", ".pt")):
@@ -280,8 +283,3 @@ def merge(*models: "BindModel | str | Path", device: "str | torch.device" = "cpu
     state = {k: v for m in loaded for k, v in m.state_dict().items() if not k.startswith("anchor.")}
     merged.load_state_dict(state, strict=False)
     return merged.to(device).eval()
-
-
-def modalities_of(path: "str | Path") -> List[str]:
-    """The bound modalities recorded in a saved model folder (without loading it)."""
-    return list(read_config(Path(path))["modalities"])

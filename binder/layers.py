@@ -209,11 +209,17 @@ class Trunk(nn.Module):
         if cfg.stem != "conv" and not len(cfg.input_size) == len(cfg.patch) == len(cfg.stride):
             raise BinderConfigError(f"trunk input_size {cfg.input_size}, patch {cfg.patch} and stride "
                                     f"{cfg.stride} must have the same length")
+        if cfg.stem != "conv" and any(p > n for p, n in zip(cfg.patch, cfg.input_size)):
+            raise BinderConfigError(f"encoder patch {cfg.patch} is larger than the input {cfg.input_size}: "
+                                    "change the encoder's patch or the input size")
         self.cfg = cfg
         self.patch_embed = make_stem(cfg)
         self.patch_norm = nn.LayerNorm(cfg.width) if cfg.patch_norm else nn.Identity()
         with torch.no_grad():
-            tokens = self.tokenize(torch.zeros(1, *self.input_shape)).shape[1]
+            try:
+                tokens = self.tokenize(torch.zeros(1, *self.input_shape)).shape[1]
+            except RuntimeError as err:  # e.g. a conv stem deeper than the input is large
+                raise BinderConfigError(f"the encoder's stem does not fit its input {self.input_shape}: {err}") from None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens + 1, cfg.width))
         self.pre_norm = nn.LayerNorm(cfg.width, eps=1e-6) if cfg.pre_norm else nn.Identity()

@@ -22,7 +22,14 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from binder.config import build_dataclass, check_keys, instantiate, register_configs, to_dict
+from binder.checkpoints import resume_argv, resume_checkpoint
+from binder.config import (
+    build_dataclass,
+    check_keys,
+    instantiate,
+    register_configs,
+    to_dict,
+)
 from binder.data import build_datamodule, check_data
 from binder.errors import BinderConfigError, BinderError
 from binder.evaluation import EvalConfig, format_table, write_metrics, zero_shot
@@ -114,7 +121,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     trainer_node = dict(to_dict(cfg.trainer))
     if trainer_node.get("enable_progress_bar") is None:  # bars only on a terminal, never in log files
         trainer_node["enable_progress_bar"] = sys.stderr.isatty()
-    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):  # callbacks=none: no checkpoints at all
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):  # binder's own checkpoints, or none
         trainer_node.setdefault("enable_checkpointing", False)
     return instantiate(trainer_node, "trainer", callbacks=callbacks, logger=loggers or False,
                        default_root_dir=str(run_dir))
@@ -128,8 +135,8 @@ def evaluate(model: BindModel, datamodule: Any, modality: str, cfg: DictConfig) 
     eval_cfg = build_dataclass(EvalConfig, cfg.eval, "eval")
     result = zero_shot(model, modality, inputs, labels, datamodule.classnames, datamodule.templates,
                        batch_size=eval_cfg.batch_size)
-    route = "text-paired" if cfg.target == "text" else "emergent"
-    return {f"{modality}->text ({route})": result}
+    column = "text-paired" if cfg.target == "text" else "emergent"
+    return {f"{modality}->text ({column})": result}
 
 
 def header(cfg: DictConfig, modalities: List[str], data: str, run_dir: Path) -> None:
@@ -149,7 +156,8 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
         raise BinderConfigError("target=label trains a classifier, not a binding: use experiment=supervised")
     run_dir = Path(cfg.run_dir).resolve()
     modalities = modalities_of(cfg)
-    data = check_data(cfg.data, modalities, cfg.target)  # before anything expensive
+    ckpt_path = resume_checkpoint(cfg, run_dir)  # before anything expensive
+    data = check_data(cfg.data, modalities, cfg.target)
     check_groups(cfg)
     header(cfg, modalities, data, run_dir)
     model = build_model(cfg)
@@ -157,7 +165,7 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     module = BindingModule(model, optim_config(cfg), target=cfg.target)
     trainer = make_trainer(cfg, run_dir)
     if any(model.modality_parameters(m) for m in modalities):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     else:  # nothing to train (e.g. video mode=pooled): evaluate only
         log.info("%s has no trainable parameters: evaluating only", "+".join(modalities))
         datamodule.setup("fit")
@@ -229,6 +237,7 @@ def main() -> None:
     quiet_third_party()
     try:
         register_configs()
+        sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]  # resume=true: run in the run to resume
     except BinderError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

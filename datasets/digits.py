@@ -16,19 +16,20 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-
-from binder.config import build_dataclass
-from binder.data import PairedDataModule
-from binder.errors import BinderConfigError, BinderInputError
-from binder.logs import progress
-from binder.registry import get_modality, list_modalities, resolve_ref
-from binder.types import IMAGE, TEXT
 from binder.datasets.fsdd import Recording, list_recordings
 from binder.datasets.instances import InstancePairs, render_fixed
 from binder.datasets.mnist import load_mnist
 from binder.datasets.paths import data_root
+from lightning.pytorch.utilities import CombinedLoader
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from binder.config import build_dataclass
+from binder.data import PairedDataModule, combine
+from binder.errors import BinderConfigError, BinderInputError
+from binder.logs import progress
+from binder.registry import get_modality, list_modalities, resolve_ref
+from binder.types import IMAGE, TEXT
 
 log = logging.getLogger(__name__)
 
@@ -123,26 +124,26 @@ def tokenize_prompts(tokenize: Callable, classnames: Sequence[str], templates: S
 
 
 class PairedDigits(Dataset):
-    """(X, image-or-caption) pairs: item i is X_i with a fresh partner of the same class.
+    """(X, image-or-caption) pairs: item i is X_i with a fresh target of the same class.
 
     Args:
         inputs: Preprocessed X per item, each (K, ...) with K clips.
         labels: Class of each item (N,).
-        partner: ``image`` (a random MNIST instance of the class from ``images``), ``text``
+        target: ``image`` (a random MNIST instance of the class from ``images``), ``text``
             (a random caption of the class from ``captions``) or ``label`` (class index only).
         augment: Optional train-time augmentation applied to one clip of X.
-        fixed_seed: If set, partners are fixed (validation); else redrawn on every read.
+        fixed_seed: If set, targets are fixed (validation); else redrawn on every read.
     """
 
     def __init__(
-        self, modality: str, inputs: List[torch.Tensor], labels: np.ndarray, partner: str,
+        self, modality: str, inputs: List[torch.Tensor], labels: np.ndarray, target: str,
         images: Optional[torch.Tensor] = None, image_labels: Optional[np.ndarray] = None,
         captions: Optional[torch.Tensor] = None, augment: Optional[Callable] = None,
         fixed_seed: Optional[int] = None,
     ) -> None:
         self.modality, self.inputs, self.labels = modality, inputs, np.asarray(labels)
-        self.partner, self.images, self.captions, self.augment = partner, images, captions, augment
-        if partner == "image":
+        self.target, self.images, self.captions, self.augment = target, images, captions, augment
+        if target == "image":
             self.pools = {c: np.flatnonzero(image_labels == c) for c in np.unique(self.labels)}
         self.fixed = None
         if fixed_seed is not None:
@@ -153,11 +154,11 @@ class PairedDigits(Dataset):
         return len(self.inputs)
 
     def _draw(self, i: int, rng: np.random.Generator) -> int:
-        """Index of a partner for item i: an MNIST instance or a template, same class."""
-        if self.partner == "image":
+        """Index of a target for item i: an MNIST instance or a template, same class."""
+        if self.target == "image":
             pool = self.pools[int(self.labels[i])]
             return int(pool[rng.integers(len(pool))])
-        if self.partner == "text":
+        if self.target == "text":
             return int(rng.integers(self.captions.shape[0]))
         return -1
 
@@ -169,9 +170,9 @@ class PairedDigits(Dataset):
         j = self.fixed[i] if self.fixed is not None else self._draw(i, np.random.default_rng(random.getrandbits(32)))
         label = int(self.labels[i])
         item = {self.modality: x, "label": label}
-        if self.partner == "image":
+        if self.target == "image":
             item[IMAGE] = self.images[j]
-        elif self.partner == "text":
+        elif self.target == "text":
             item[TEXT] = self.captions[j, label]
         return item
 
@@ -263,10 +264,10 @@ class DigitsDataModule(PairedDataModule):
             captions=captions, augment=self.augments[modality] if split == "train" else None, fixed=fixed,
             epoch_size=self.cfg.epoch_size)
 
-    def train_dataloader(self) -> Dict[str, DataLoader]:
-        return {m: DataLoader(self.train_sets[m], batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-                              num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
-                for m in self.modalities}
+    def train_dataloader(self) -> CombinedLoader:
+        return combine({m: DataLoader(self.train_sets[m], batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
+                                      num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+                        for m in self.modalities})
 
     def val_dataloader(self) -> List[DataLoader]:
         return [DataLoader(self.val_sets[m], batch_size=self.cfg.batch_size * 2, num_workers=self.cfg.num_workers)

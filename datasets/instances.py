@@ -2,7 +2,7 @@
 
 Each non-audio modality X is *rendered* from one MNIST instance by a documented physical process
 (the ``render`` of its :class:`~binder.registry.ModalitySpec`; binder's are
-``binder.datasets.render_<modality>``), and its partner image is that same instance, as in
+``binder.datasets.render_<modality>``), and its target image is that same instance, as in
 ImageBind's naturally paired data (a depth map and the RGB frame it was captured with). The
 class reaches X only through the digit's shape; the renderers randomise everything else
 (pose, noise, polarity, speed) on every read, so training never sees the same X twice.
@@ -36,7 +36,7 @@ def render_fixed(render: Callable, digits: np.ndarray, seed: int) -> List[Any]:
 
 
 class InstancePairs(Dataset):
-    """(X rendered from MNIST instance i, partner of instance i) pairs.
+    """(X rendered from MNIST instance i, target of instance i) pairs.
 
     Args:
         modality: The rendered modality X.
@@ -44,22 +44,22 @@ class InstancePairs(Dataset):
         labels: Their classes (N,).
         render: The modality's renderer.
         preprocessor: The modality's preprocessor (raw item -> (K, ...) tensor).
-        partner: ``image`` (the same instance, preprocessed in ``images``), ``text`` (a random
+        target: ``image`` (the same instance, preprocessed in ``images``), ``text`` (a random
             caption of the class from ``captions`` (T, C, L)) or ``label`` (class index only).
-        images: The split's anchor-preprocessed images (N, 3, H, W), for ``partner='image'``.
+        images: The split's anchor-preprocessed images (N, 3, H, W), for ``target='image'``.
         augment: Optional train-time augmentation of one clip of X.
         fixed: Pre-rendered raw items (held-out split); None renders afresh on every read.
         epoch_size: Pairs per epoch when rendering afresh; each read picks a random instance.
     """
 
     def __init__(self, modality: str, digits: np.ndarray, labels: np.ndarray, render: Callable,
-                 preprocessor: Callable, partner: str, images: Optional[torch.Tensor] = None,
+                 preprocessor: Callable, target: str, images: Optional[torch.Tensor] = None,
                  captions: Optional[torch.Tensor] = None, augment: Optional[Callable] = None,
                  fixed: Optional[List[Any]] = None, epoch_size: Optional[int] = None) -> None:
-        if partner == "image" and images is None:
-            raise BinderInputError("partner='image' needs the preprocessed images of the split")
+        if target == "image" and images is None:
+            raise BinderInputError("target='image' needs the preprocessed images of the split")
         self.modality, self.digits, self.labels = modality, digits, np.asarray(labels)
-        self.render, self.preprocessor, self.partner = render, preprocessor, partner
+        self.render, self.preprocessor, self.target = render, preprocessor, target
         self.images, self.captions, self.augment, self.fixed = images, captions, augment, fixed
         self.epoch_size = epoch_size if fixed is None and epoch_size else len(digits)
 
@@ -77,9 +77,9 @@ class InstancePairs(Dataset):
                 x = self.augment(x[random.randrange(x.shape[0])].clone())[None]  # (1, ...)
         label = int(self.labels[j])
         item: Dict[Any, Any] = {self.modality: x, "label": label}
-        if self.partner == "image":
+        if self.target == "image":
             item[IMAGE] = self.images[j]
-        elif self.partner == "text":
+        elif self.target == "text":
             t = random.randrange(self.captions.shape[0]) if self.fixed is None else i % self.captions.shape[0]
             item[TEXT] = self.captions[t, label]
         return item

@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from binder.datasets.manifest import collate_skipping
+from binder.datasets.paths import data_root
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from binder.config import build_dataclass
-from binder.data import PairedDataModule
+from binder.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.types import IMAGE
-from binder.datasets.manifest import collate_skipping
-from binder.datasets.paths import data_root
 
 THERMAL = "thermal"
 
@@ -84,7 +85,7 @@ def pair_files(visible: Path, infrared: Path) -> Tuple[List[Pair], int]:
     names = sorted(set(vis) & set(ir))
     unpaired = len(set(vis) ^ set(ir))
     if unpaired:
-        log.warning("LLVIP %s: %d file(s) without a partner of the same name skipped", visible.parent, unpaired)
+        log.warning("LLVIP %s: %d file(s) without a counterpart of the same name skipped", visible.parent, unpaired)
     return [(ir[n], vis[n]) for n in names], unpaired
 
 
@@ -189,11 +190,11 @@ class LLVIPDataModule(PairedDataModule):
         log.info("LLVIP %s: %d train / %d val pairs; skipped %s", root, len(self.train_pairs), len(self.val_pairs),
                  dict(self.skipped) or "none")
 
-    def train_dataloader(self) -> Dict[str, DataLoader]:
+    def train_dataloader(self) -> CombinedLoader:
         ds = self.train_sets[THERMAL]
-        return {THERMAL: DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True,
-                                    drop_last=len(ds) > self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                                    collate_fn=collate_skipping)}
+        return combine({THERMAL: DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True,
+                                            drop_last=len(ds) > self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                            collate_fn=collate_skipping)})
 
     def val_dataloader(self) -> List[DataLoader]:
         if not self.val_pairs:
@@ -209,7 +210,7 @@ def recall_at_k(model: Any, pairs: Sequence[Pair], ks: Sequence[int] = (1, 5), b
     emb = model.embed(batch_size=batch_size, progress=False, thermal=[str(ir) for ir, _ in pairs],
                       image=[str(vis) for _, vis in pairs])
     sims = emb[THERMAL] @ emb[IMAGE].T  # (N, N)
-    ranks = (sims > sims.diagonal()[:, None]).sum(-1)  # images scored above the true partner
+    ranks = (sims > sims.diagonal()[:, None]).sum(-1)  # images scored above the true pair
     out = {"n": len(pairs), "chance@1": 100.0 / max(1, len(pairs))}
     out.update({f"recall@{k}": 100.0 * (ranks < k).float().mean().item() for k in ks})
     return out

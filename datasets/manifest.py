@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from binder.config import build_dataclass
-from binder.data import PairedDataModule
+from binder.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.logs import progress
 from binder.types import IMAGE, TEXT
@@ -94,11 +95,11 @@ class ManifestPairs(Dataset):
     """(X, image or caption) pairs from manifest rows. Unreadable rows yield ``None`` (skipped)."""
 
     def __init__(self, rows: List[Dict[str, Any]], modality: str, preprocessor: Callable, anchor: Any,
-                 partner: str, train: bool, augment: Optional[Callable] = None,
+                 target: str, train: bool, augment: Optional[Callable] = None,
                  label_index: Optional[Dict[str, int]] = None, templates: Optional[List[str]] = None,
                  classnames: Optional[List[str]] = None) -> None:
         self.rows, self.modality, self.preprocessor, self.anchor = rows, modality, preprocessor, anchor
-        self.partner, self.train, self.augment = partner, train, augment
+        self.target, self.train, self.augment = target, train, augment
         self.label_index, self.templates, self.classnames = label_index or {}, templates or [], classnames or []
         self.failures: Counter = Counter()
 
@@ -114,9 +115,9 @@ class ManifestPairs(Dataset):
             item: Dict[Any, Any] = {self.modality: x}
             if row.get("label") not in (None, ""):
                 item["label"] = self.label_index[str(row["label"])]
-            if self.partner == IMAGE:
+            if self.target == IMAGE:
                 item[IMAGE] = self.anchor.preprocess_image(row[IMAGE])
-            elif self.partner == TEXT:
+            elif self.target == TEXT:
                 caption = random.choice(self.templates).format(self.classnames[item["label"]])
                 item[TEXT] = self.anchor.tokenize([caption])[0]
             return item
@@ -242,7 +243,7 @@ class ManifestDataModule(PairedDataModule):
         for m in self.modalities:
             self.train_rows[m], self.val_rows[m] = self._usable(train, m), self._usable(val, m) if val else []
         self._labels([r for m in self.modalities for r in self.train_rows[m] + self.val_rows[m]])
-        common = dict(anchor=self.anchor, partner=self.target, label_index=self.label_index,
+        common = dict(anchor=self.anchor, target=self.target, label_index=self.label_index,
                       templates=self.templates, classnames=self.classnames)
         for m in self.modalities:
             pre = self.preprocessors[m]
@@ -252,10 +253,11 @@ class ManifestDataModule(PairedDataModule):
         if self.skipped:
             log.info("manifest: %d rows skipped in all", self.skipped)
 
-    def train_dataloader(self) -> Dict[str, DataLoader]:
-        return {m: DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True, drop_last=len(ds) > self.cfg.batch_size,
-                              num_workers=self.cfg.num_workers, collate_fn=collate_skipping)
-                for m, ds in self.train_sets.items()}
+    def train_dataloader(self) -> CombinedLoader:
+        return combine({m: DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True,
+                                      drop_last=len(ds) > self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                      collate_fn=collate_skipping)
+                        for m, ds in self.train_sets.items()})
 
     def val_dataloader(self) -> List[DataLoader]:
         return [DataLoader(self.val_sets[m], batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,

@@ -27,8 +27,3 @@ def data_root(explicit: Optional[str] = None) -> Path:
         "no data root: set data.root=... or BINDER_DATA, or download the data with "
         "`python -m binder.datasets.download --root DIR`"
     )
-
-
-def cache_dir(explicit: Optional[str] = None) -> Path:
-    """Resolve binder's cache: ``explicit`` > ``$BINDER_CACHE`` > ``~/.cache/binder``."""
-    return Path(explicit or os.environ.get("BINDER_CACHE") or "~/.cache/binder").expanduser().resolve()

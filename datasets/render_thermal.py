@@ -24,7 +24,6 @@ raw item the thermal preprocessor accepts from a user. Pure numpy, well under a 
 from __future__ import annotations
 
 import numpy as np
-
 from binder.datasets.render_depth import bilinear
 
 HEIGHT, WIDTH = 40, 50  # rendered frame (rows, columns)

@@ -9,7 +9,9 @@ stride 10 on 128 x 204, 768 wide, 12 deep, 12 heads, drop path 0.1) or a tiny pr
 """
 from __future__ import annotations
 
+import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -21,9 +23,11 @@ import torchaudio
 
 from binder.clips import POLICIES, sample_starts
 from binder.config import build_dataclass
-from binder.errors import BinderConfigError, BinderInputError, existing_file
+from binder.errors import BinderConfigError, BinderInputError, check_rate, existing_file
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
+
+log = logging.getLogger(__name__)
 
 PRESETS: Dict[str, TrunkConfig] = {
     # Trains in minutes on 2 CPU cores: frame-strip patches (all 128 mel bins x 4 frames -> 51
@@ -119,12 +123,19 @@ class AudioPreprocessor:
         self.cfg = cfg
 
     def read(self, path: "str | Path") -> tuple:
-        """Read an audio file with soundfile -> (float32 samples (C, T), sample rate)."""
+        """Read an audio file with soundfile -> (float32 samples (C, T), sample rate); a file whose
+        header promises more audio than it holds (a truncated download) is read as far as it
+        goes, with a warning naming it."""
         path = existing_file(path, "audio", "an audio file")
         try:
+            info = sf.info(str(path))
             data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
         except Exception as err:
             raise BinderInputError(f"audio file {str(path)!r} is not readable audio: {err}") from err
+        short = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info or "")
+        if short and int(short.group(2)) < int(short.group(1)):
+            log.warning("audio file %r is truncated: its header declares %s bytes of audio, the file holds %s; "
+                        "using the %.2f s that are there", str(path), short.group(1), short.group(2), len(data) / sr)
         return data.T, int(sr)
 
     def waveform(self, item: Any, sample_rate: Optional[int] = None) -> torch.Tensor:
@@ -139,15 +150,14 @@ class AudioPreprocessor:
             data = _to_float_array(item, name)
             if sample_rate is None:
                 raise BinderInputError(f"{name}: a waveform needs its sample rate (pass (samples, rate))")
+        rate = int(check_rate(sample_rate, name, whole=True))
         if data.shape[-1] == 0:
             raise BinderInputError(f"{name} is empty: expected at least one sample")
         if not np.isfinite(data).all():
             raise BinderInputError(f"{name} contains NaN or infinite samples")
-        if int(sample_rate) <= 0:
-            raise BinderInputError(f"{name}: sample rate must be positive, got {sample_rate}")
         wave = torch.from_numpy(np.ascontiguousarray(data)).mean(0)  # down-mix (C, T) -> (T,)
-        if int(sample_rate) != self.cfg.sample_rate:
-            wave = torchaudio.functional.resample(wave, int(sample_rate), self.cfg.sample_rate)
+        if rate != self.cfg.sample_rate:
+            wave = torchaudio.functional.resample(wave, rate, self.cfg.sample_rate)
         return wave
 
     def fbank(self, segment: torch.Tensor) -> torch.Tensor:
@@ -174,8 +184,16 @@ class AudioPreprocessor:
         k = num_clips or (1 if train else self.cfg.clips_per_sample)
         clip = int(round(self.cfg.clip_duration * self.cfg.sample_rate))
         starts = sample_starts(wave.numel(), clip, k, self.cfg.clip_policy, train)
-        clips = [self.fbank(wave[s : s + clip]) for s in starts]
-        return torch.stack(clips)  # (K, 1, mel, frames)
+        clips = torch.stack([self.fbank(wave[s : s + clip]) for s in starts])  # (K, 1, mel, frames)
+        if not torch.isfinite(clips).all():  # e.g. samples of 1e30: the power spectrum overflows
+            peak = float(wave.abs().max())
+            raise BinderInputError(f"{self._name(item)}: samples too large to analyse (largest magnitude {peak:.3g}); "
+                                   "expected float PCM around [-1, 1] or integer PCM")
+        return clips
+
+    @staticmethod
+    def _name(item: Any) -> str:
+        return f"audio file {str(item)!r}" if isinstance(item, (str, Path)) else "audio input"
 
 
 class AudioAugment:

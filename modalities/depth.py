@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from binder.config import build_dataclass, merge_overrides
-from binder.errors import BinderConfigError, BinderInputError, existing_file
+from binder.errors import BinderConfigError, BinderInputError, existing_file, reading
 from binder.imaging import MapAugmentConfig, as_array, augment_map, read_image_array, resize_center_crop, single_channel
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
@@ -129,10 +129,8 @@ class DepthPreprocessor:
         path = Path(path)
         if path.suffix.lower() == ".npy":
             existing_file(path, "depth", "a .npy file")
-            try:
+            with reading(path, "depth file", "a readable .npy array"):
                 return np.load(path, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as err:
-                raise BinderInputError(f"depth file {str(path)!r} is not a readable .npy array: {err}") from err
         return read_image_array(path, "depth")
 
     def metres(self, x: np.ndarray, name: str) -> np.ndarray:

@@ -32,7 +32,7 @@ from einops import rearrange
 
 from binder.clips import POLICIES, sample_starts
 from binder.config import build_dataclass, merge_overrides
-from binder.errors import BinderConfigError, BinderInputError, existing_file
+from binder.errors import BinderConfigError, BinderInputError, check_rate, existing_file, reading
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.registry import ModalitySpec, register_modality
 
@@ -293,22 +293,29 @@ class IMUPreprocessor:
             return uniform, rate, name
         if suffix not in (".npy", ".npz"):
             raise BinderInputError(f"{name}: expected a .csv (with timestamps), .npy or .npz file")
-        try:
+        with reading(path, "imu file", "a readable numpy file"):
             loaded = np.load(path, allow_pickle=False)
-        except Exception as err:
-            raise BinderInputError(f"{name} is not a readable numpy file: {err}") from err
-        if suffix == ".npz":
-            keys = set(loaded.files)
-            data_key = next((k for k in ("samples", "imu", "data") if k in keys), None)
-            if data_key is None:
-                raise BinderInputError(f"{name}: expected arrays 'samples' (6, T) and 'sample_rate' or 'timestamps', got {sorted(keys)}")
-            data = _to_channels_first(loaded[data_key], name)
-            if "timestamps" in keys:
-                return (*from_timestamps(np.asarray(loaded["timestamps"], np.float64), data, name), name)
-            rate_key = next((k for k in ("sample_rate", "rate") if k in keys), None)
-            sample_rate = float(loaded[rate_key]) if rate_key else sample_rate
-            loaded = data
-        return _to_channels_first(loaded, name), sample_rate, name
+            if suffix == ".npz":
+                return self._npz(loaded, sample_rate, name)
+            return _to_channels_first(loaded, name), sample_rate, name
+
+    def _npz(self, loaded: Any, sample_rate: Optional[float], name: str) -> Tuple[np.ndarray, Optional[float], str]:
+        """``samples`` (6, T) with ``sample_rate`` or ``timestamps`` from an opened .npz."""
+        keys = set(loaded.files)
+        data_key = next((k for k in ("samples", "imu", "data") if k in keys), None)
+        if data_key is None:
+            raise BinderInputError(f"{name}: expected arrays 'samples' (6, T) and 'sample_rate' or 'timestamps', "
+                                   f"got {sorted(keys)}")
+        data = _to_channels_first(loaded[data_key], name)
+        if "timestamps" in keys:
+            return (*from_timestamps(np.asarray(loaded["timestamps"], np.float64), data, name), name)
+        rate_key = next((k for k in ("sample_rate", "rate") if k in keys), None)
+        if rate_key:
+            rate = np.asarray(loaded[rate_key])
+            if rate.size != 1 or rate.dtype.kind not in "fiu":
+                raise BinderInputError(f"{name}: '{rate_key}' must be one number (Hz), got {rate.dtype} {rate.shape}")
+            sample_rate = float(rate.reshape(-1)[0])
+        return data, sample_rate, name
 
     def signal(self, item: Any, sample_rate: Optional[float] = None) -> np.ndarray:
         """Any accepted input -> validated, resampled, normalised (6, T) at ``cfg.rate``."""
@@ -325,12 +332,7 @@ class IMUPreprocessor:
             raise BinderInputError(f"{name} is empty: expected at least one sample")
         if not np.isfinite(data).all():
             raise BinderInputError(f"{name} contains NaN or infinite values")
-        try:
-            rate = float(sample_rate)
-        except (TypeError, ValueError):
-            rate = float("nan")
-        if not (math.isfinite(rate) and rate > 0):
-            raise BinderInputError(f"{name}: sample rate must be a positive number of Hz, got {sample_rate!r}")
+        rate = check_rate(sample_rate, name)
         data = resample(data, rate, self.cfg.rate)
         return (data - self.mean) / self.std
 

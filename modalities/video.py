@@ -48,7 +48,7 @@ from torch import nn
 from binder.anchor import ImageConfig
 from binder.clips import POLICIES, clip_starts
 from binder.config import build_dataclass, merge_overrides
-from binder.errors import BinderConfigError, BinderInputError
+from binder.errors import BinderConfigError, BinderInputError, check_rate, reading
 from binder.imaging import resize_center_crop
 from binder.layers import Blocks, init_weights
 from binder.registry import ModalitySpec, register_modality
@@ -281,8 +281,8 @@ class VideoPreprocessor:
                 arrays = [converted[id(f)] for f in picked]
         except BinderInputError:
             raise
-        except (av.FFmpegError, OSError, ValueError, StopIteration) as err:
-            raise BinderInputError(f"{name} is not a readable video: {err}") from err
+        except Exception as err:  # FFmpeg, OS and decoder errors of every kind on corrupt files
+            raise BinderInputError(f"{name} is not a readable video: {type(err).__name__}: {err}") from err
         return np.stack(arrays).reshape(*times.shape, *arrays[0].shape)
 
     def read_folder(self, path: Path) -> np.ndarray:
@@ -293,11 +293,9 @@ class VideoPreprocessor:
             raise BinderInputError(f"{name} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
         frames = []
         for f in files:
-            try:
+            with reading(f, f"{name}: frame", "a readable image"):
                 with Image.open(f) as im:
                     frames.append(np.asarray(im.convert("RGB")))
-            except Exception as err:
-                raise BinderInputError(f"{name}: frame {f.name!r} is not a readable image: {err}") from err
         if len({a.shape for a in frames}) > 1:
             raise BinderInputError(f"{name}: frames differ in size {sorted({a.shape for a in frames})}; expected one size")
         return np.stack(frames)
@@ -324,9 +322,7 @@ class VideoPreprocessor:
                 item, sample_rate = item
             name = "video input"
             frames = frames_to_uint8(item, name)
-        fps = float(sample_rate) if sample_rate is not None else cfg.fps
-        if not fps > 0:
-            raise BinderInputError(f"{name}: frame rate must be positive, got {sample_rate}")
+        fps = check_rate(sample_rate, name, "frame rate") if sample_rate is not None else cfg.fps
         times = times_of(frames.shape[0] / fps, fps)
         idx = np.clip(np.floor(times * fps + 0.5 + 1e-6).astype(np.int64), 0, frames.shape[0] - 1)
         return frames[idx]  # (K, T, H, W, 3)

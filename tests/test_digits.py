@@ -62,7 +62,7 @@ def test_mnist_holdout(world):
 
 def test_datamodule_pairs_share_labels_and_respect_splits(small_data_root, random_anchor):
     """Every (audio, image) pair: the image is an MNIST instance of the recording's digit, from
-    the same split; train partners are redrawn on each read, test partners are fixed."""
+    the same split; train targets are redrawn on each read, test targets are fixed."""
     model = binder.BindModel(random_anchor, {"audio": {}})
     dm = DigitsDataModule(model, ["audio"], "image", root=str(small_data_root), batch_size=4)
     dm.setup()
@@ -72,13 +72,13 @@ def test_datamodule_pairs_share_labels_and_respect_splits(small_data_root, rando
     assert len(train_set) == 20 and len(test_set) == 10
     assert all(Path(p).stem.endswith("_0") for p in test_ids)  # small root: take 0 is the test take
 
-    # Identify each partner image by content among all preprocessed MNIST instances.
+    # Identify each target image by content among all preprocessed MNIST instances.
     everything = torch.stack([random_anchor.preprocess_image(world.pil(i)) for i in range(len(world.images))])
     flat = everything.flatten(1)
 
     def mnist_index(img: torch.Tensor) -> int:
         hits = torch.nonzero((flat == img.flatten()).all(1)).flatten().tolist()
-        assert hits, "partner image is not an MNIST instance"
+        assert hits, "target image is not an MNIST instance"
         labels = {int(world.labels[h]) for h in hits}
         assert len(labels) == 1
         return hits[0]
@@ -94,7 +94,7 @@ def test_datamodule_pairs_share_labels_and_respect_splits(small_data_root, rando
 
     # The audio side: recordings' digits from the file names.
     assert [int(Path(p).name[0]) for p in test_ids] == list(test_labels)
-    # Train: a fresh partner on every read; test: the same one every time.
+    # Train: a fresh target on every read; test: the same one every time.
     seen = {mnist_index(train_set[0][Modality.IMAGE]) for _ in range(6)}
     assert len(seen) > 1
     fixed = {mnist_index(test_set[0][Modality.IMAGE]) for _ in range(3)}
@@ -103,11 +103,11 @@ def test_datamodule_pairs_share_labels_and_respect_splits(small_data_root, rando
     assert train_set.augment is not None and test_set.augment is None
     assert torch.equal(test_set[0][Modality.AUDIO], test_set[0][Modality.AUDIO])
     assert not torch.equal(train_set[0][Modality.AUDIO], train_set[0][Modality.AUDIO])
-    batch = next(iter(dm.train_dataloader()["audio"]))
+    batch = next(iter(dm.train_dataloader().iterables["audio"]))
     assert batch[Modality.AUDIO].shape == (4, 1, 1, 128, 204) and batch[Modality.IMAGE].shape == (4, 3, 28, 28)
 
 
-def test_text_partner_pairs_share_labels(small_data_root, random_anchor):
+def test_text_target_pairs_share_labels(small_data_root, random_anchor):
     from binder.datasets.digits import CLASSNAMES, TEMPLATES
 
     model = binder.BindModel(random_anchor, {"audio": {}})

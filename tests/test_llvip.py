@@ -66,7 +66,7 @@ def test_real_samples_datamodule(llvip_dir, thermal_model):
     dm = _datamodule(thermal_model, llvip_dir, batch_size=8, validate=False)
     dm.setup()
     assert len(dm.train_pairs) + len(dm.val_pairs) == N_SAMPLES and not dm.skipped
-    batch = next(iter(dm.train_dataloader()["thermal"]))
+    batch = next(iter(dm.train_dataloader().iterables["thermal"]))
     assert batch[Modality.THERMAL].shape == (8, 1, 1, 32, 32)
     assert batch[Modality.IMAGE].shape == (8, 3, 28, 28)
     (val_loader,) = dm.val_dataloader()
@@ -116,7 +116,7 @@ def test_unpaired_and_unreadable_files_are_skipped(tmp_path, thermal_model, capl
     dm.setup()
     assert dm.skipped == {"unpaired file": 2, "unreadable": 1}
     assert len(dm.train_pairs) + len(dm.val_pairs) == 5
-    assert "000002.jpg" in caplog.text and "partner" in caplog.text
+    assert "000002.jpg" in caplog.text and "counterpart" in caplog.text
 
 
 def test_unreadable_at_read_time_is_skipped(tmp_path, thermal_model):
@@ -125,7 +125,7 @@ def test_unreadable_at_read_time_is_skipped(tmp_path, thermal_model):
     dm = _datamodule(thermal_model, tmp_path, validate=False, val_fraction=0.0, batch_size=3)
     dm.setup()
     (tmp_path / "infrared" / "1.png").write_bytes(b"garbage")
-    batch = next(iter(dm.train_dataloader()["thermal"]))
+    batch = next(iter(dm.train_dataloader().iterables["thermal"]))
     assert batch[Modality.THERMAL].shape[0] == 2 and dm.train_sets["thermal"].failures["1.png"] == 1
 
 

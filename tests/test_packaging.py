@@ -158,13 +158,15 @@ def test_logger_options_need_no_code(logger, compose, tmp_path, monkeypatch):
 def test_callbacks_group(compose, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from binder.checkpoints import ResumableCheckpoint
     from binder.training import make_trainer
 
-    trainer = make_trainer(compose([f"run_dir={tmp_path}"]), tmp_path)
-    (ckpt,) = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
-    assert Path(ckpt.dirpath) == tmp_path / "checkpoints"
+    trainer = make_trainer(compose([f"run_dir={tmp_path}", "callbacks.checkpoint.every_n_steps=7"]), tmp_path)
+    (ckpt,) = [c for c in trainer.callbacks if isinstance(c, ResumableCheckpoint)]
+    assert ckpt.path == tmp_path / "checkpoints" / "last.ckpt" and ckpt.every_n_steps == 7
+    assert not [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]  # Lightning adds none of its own
     none = make_trainer(compose(["callbacks=none", f"run_dir={tmp_path}"]), tmp_path)
-    assert not [c for c in none.callbacks if isinstance(c, ModelCheckpoint)]
+    assert not [c for c in none.callbacks if isinstance(c, (ModelCheckpoint, ResumableCheckpoint))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,3 +202,25 @@ def test_quiet_first_run(tiny_anchor, small_data_root, binder_cache, tmp_path):
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) <= 12, lines
     assert lines[0].startswith("binder: audio against image | data: digits world at ")
+
+
+@pytest.mark.parametrize("argv, message", [(["smell"], "invalid choice: 'smell'"), (["download"], "--root"),
+                                           (["modalities", "a", "b"], "unrecognized arguments")])
+def test_cli_bad_arguments(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("modality=smell", "Could not find 'modality/smell'"),
+    ("task=binder.nothing.here", "task='binder.nothing.here' is not an importable function"),
+    ("data.root=/no/such/root", "data root '/no/such/root' has no mnist/ folder"),
+    ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt' does not exist"),
+])
+def test_train_cli_user_errors(tmp_path, override, message):
+    run = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), override, f"hydra.run.dir={tmp_path}/run"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode != 0 and message in run.stderr + run.stdout
+    assert "Traceback" not in run.stderr + run.stdout

@@ -23,7 +23,14 @@ from torchvision import transforms
 from binder.anchor import CLIP_MEAN, CLIP_STD, Anchor, ImageConfig, open_image
 from binder.errors import BinderInputError, ModelLoadError
 from binder.imagebind.checkpoint import check_imagebind, read_heads, read_state
-from binder.imagebind.mapping import ANCHOR, check_shapes, convert, infer_text, infer_trunk, to_official
+from binder.imagebind.mapping import (
+    ANCHOR,
+    check_shapes,
+    convert,
+    infer_text,
+    infer_trunk,
+    to_official,
+)
 from binder.imagebind.text import TextTower
 from binder.layers import Trunk
 

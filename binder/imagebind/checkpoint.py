@@ -17,7 +17,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from binder.errors import ModelLoadError
-from binder.imagebind.mapping import ANCHOR, BOUND, GROUPS, convert, missing_keys, present_modalities
+from binder.imagebind.mapping import (
+    ANCHOR,
+    BOUND,
+    GROUPS,
+    convert,
+    missing_keys,
+    present_modalities,
+)
 
 log = logging.getLogger(__name__)
 

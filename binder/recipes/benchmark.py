@@ -138,7 +138,7 @@ def write_table(run_dir: Path, results: Dict[str, Dict[str, Any]], columns: List
 
 def format_markdown(results: Dict[str, Dict[str, Any]], columns: List[str], targets: Dict[str, Any]) -> str:
     """Table 2-style markdown: one row per modality, top-1 (%) per column."""
-    head = ["modality", "chance", *columns, "n", "target met"]
+    head = ["modality", "chance", *columns, "n", "goal met"]
     lines = ["Top-1 (%) on held-out digits-world instances; emergent = trained with images only.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for modality, cells in results.items():

@@ -29,9 +29,23 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torchvision.transforms import v2
 
-from binder.anchor import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, register_open_clip_configs
-from binder.datasets.digits import CLASSNAMES, TEMPLATES, DigitsCaptionDataModule, DigitsConfig
-from binder.evaluation import class_embeddings, format_table, topk_accuracy, write_metrics
+from binder.anchor import (
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_WEIGHTS,
+    register_open_clip_configs,
+)
+from binder.datasets.digits import (
+    CLASSNAMES,
+    TEMPLATES,
+    DigitsCaptionDataModule,
+    DigitsConfig,
+)
+from binder.evaluation import (
+    class_embeddings,
+    format_table,
+    topk_accuracy,
+    write_metrics,
+)
 from binder.files import atomic_folder
 from binder.logs import quiet_open_clip
 from binder.optim import OptimConfig, configure_adamw

@@ -7,9 +7,8 @@ Evaluation classifies the same held-out raw inputs as zero-shot does: clip logit
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
-
 import logging
+from typing import Any, Dict, List, Sequence
 
 import lightning as L
 import numpy as np
@@ -89,18 +88,20 @@ def run(cfg: Any) -> Dict[str, Any]:
     classifier on the labels, for one modality; writes metrics.json."""
     from pathlib import Path
 
+    from binder.checkpoints import resume_checkpoint
     from binder.data import build_datamodule
     from binder.evaluation import format_table, write_metrics
     from binder.training import build_model, make_trainer, modalities_of, require_one
 
     run_dir = Path(cfg.run_dir).resolve()
     modality = require_one(modalities_of(cfg), "the supervised reference")
+    ckpt_path = resume_checkpoint(cfg, run_dir)
     model = build_model(cfg)
     datamodule = build_datamodule(cfg.data, model, [modality], target="label")
     datamodule.setup("fit")
     module = SupervisedModule(model, modality, len(datamodule.classnames), OptimConfig(**dict(cfg.optim)))
     trainer = make_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
     rows = {}
