@@ -107,6 +107,11 @@ def read_config(path: Path) -> Dict[str, Any]:
     for key, kind in (("anchor", dict), ("modalities", dict)):
         if not isinstance(config.get(key), kind):
             raise ModelLoadError(f"{where}: key {key!r} must be a JSON object, got {type(config.get(key)).__name__}")
+    for key, kind, name in (("version", int, "an integer"), ("architecture", str, "a string"),
+                            ("anchor_fingerprint", str, "a string"), ("embed_dim", int, "an integer")):
+        value = config.get(key)
+        if key in config and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ModelLoadError(f"{where}: key {key!r} must be {name}, got {value!r}")
     if config.get("version", 1) > VERSION:
         raise ModelLoadError(f"{where} was written by a newer binder (format version {config['version']} > {VERSION})")
     return config
@@ -115,8 +120,9 @@ def read_config(path: Path) -> Dict[str, Any]:
 def verify_files(path: Path, config: Dict[str, Any]) -> None:
     """Check every file listed in ``config['files']`` against its recorded SHA-256."""
     files = config.get("files")
-    if not isinstance(files, dict):
-        raise ModelLoadError(f"{str(path / CONFIG_NAME)!r}: key 'files' (file digests) is missing or not an object")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ModelLoadError(f"{str(path / CONFIG_NAME)!r}: key 'files' (file digests) is missing or not an object "
+                             "of file names and SHA-256 strings")
     for name, digest in files.items():
         parts = Path(name).parts
         if Path(name).is_absolute() or ".." in parts or not parts:

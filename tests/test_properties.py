@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 from contextlib import contextmanager
@@ -30,7 +31,8 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 MODALITIES = binder.list_modalities()
-PROFILE = settings(max_examples=60, deadline=None, derandomize=True,
+EXAMPLES = int(os.environ.get("BINDER_HYPOTHESIS_EXAMPLES", "60"))  # a longer local run: set it higher
+PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SECONDS_PER_INPUT = 20  # a hang is a failure
 
