@@ -60,8 +60,13 @@ class TrunkConfig:
 
     def __post_init__(self) -> None:
         for key in ("input_size", "patch", "stride", "stem_channels"):
-            value = getattr(self, key)
-            setattr(self, key, (int(value),) if isinstance(value, (int, float)) else tuple(int(v) for v in value))
+            setattr(self, key, _positive_ints(getattr(self, key), key))
+        for key in ("width", "depth", "heads"):
+            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise BinderConfigError(f"trunk {key} must be a positive integer, got {getattr(self, key)!r}")
+        if not 0 < self.mlp_ratio <= 64 or not 0 <= self.drop_path < 1 or not 0 <= self.dropout < 1:
+            raise BinderConfigError(f"trunk mlp_ratio must be in (0, 64], drop_path and dropout in [0, 1), got "
+                                    f"{self.mlp_ratio}, {self.drop_path}, {self.dropout}")
         if self.stem not in STEMS or self.pool not in POOLS:
             raise BinderConfigError(f"trunk stem must be one of {STEMS} and pool one of {POOLS}, "
                                     f"got stem={self.stem!r} pool={self.pool!r}")
@@ -73,6 +78,18 @@ class TrunkConfig:
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _positive_ints(value: Any, key: str) -> Tuple[int, ...]:
+    """An int or a sequence of positive ints -> tuple; anything else is a config error."""
+    items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        out = tuple(int(v) for v in items if not isinstance(v, bool) and float(v) == int(v))
+    except (TypeError, ValueError, OverflowError):
+        out = ()
+    if not out or len(out) != len(list(items)) or min(out) < 1:
+        raise BinderConfigError(f"trunk {key} must be a positive integer or a list of them, got {value!r}")
+    return out
 
 
 @dataclass
