@@ -7,13 +7,16 @@ arXiv 2305.05665: 3 clips of 2 s for audio, 5 for video). Two placements:
   ``linspace(0, room, clips)`` (one clip: centred), with ``room = length - clip``;
 * ``imagebind``: pytorchvideo's ``ConstantClipsPerVideoSampler`` as ImageBind's ``data.py`` uses
   it: clip ``i`` starts at ``i * room / clips`` (divided by the number of clips, so the last clip
-  does not reach the end).
+  does not reach the end), in exact fractions of the float duration, and ends at ``start +
+  clip`` even past the end of the recording; :func:`imagebind_ranges` cuts samples as ImageBind
+  does, ``int(start * rate) : int(end * rate)``.
 
 In training one clip (or several) starts uniformly at random in ``[0, room]``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from fractions import Fraction
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,3 +48,18 @@ def sample_starts(num_samples: int, clip_samples: int, num_clips: int, policy: s
     if policy == "spread" and num_clips == 1:
         return [room // 2]
     return [int(round(s)) for s in clip_starts(num_samples, clip_samples, num_clips, policy)]
+
+
+def imagebind_clips(duration: float, clip: float, num_clips: int) -> List[Tuple[Fraction, Fraction]]:
+    """(start, end) seconds of each clip, computed as pytorchvideo 0.1.5's
+    ``ConstantClipsPerVideoSampler`` does (exact fractions of the float ``duration``)."""
+    clip_f = Fraction(clip)
+    room = Fraction(max(duration - clip_f, 0))
+    step = Fraction(room, num_clips)
+    return [(step * i, step * i + clip_f) for i in range(num_clips)]
+
+
+def imagebind_ranges(num_samples: int, rate: int, clip: float, num_clips: int) -> List[Tuple[int, int]]:
+    """Sample ranges ``[a, b)`` of ImageBind's audio clips: ``int(start * rate) : int(end * rate)``
+    over a recording of ``num_samples`` at ``rate`` (``b`` may pass the end: the slice stops there)."""
+    return [(int(a * rate), int(b * rate)) for a, b in imagebind_clips(num_samples / rate, clip, num_clips)]

@@ -1,11 +1,22 @@
 """Audio modality: ImageBind-compatible preprocessing and a ViT over log-mel patches.
 
-Preprocessing follows ImageBind's ``imagebind/data.py`` (arXiv 2305.05665, appendix C): mono,
-16 kHz, several 2 s clips spread evenly over the recording (constant clips sampler), per clip a
-Kaldi-style 128-bin log-mel filterbank (25 ms Hanning window, 10 ms hop, HTK-compatible, no
-dither, no energy, waveform mean removed), right-padded or cropped to 204 frames and normalised
-with mean -4.268, std 9.138. The encoder is ImageBind's audio trunk (Conv2d stem kernel 16,
-stride 10 on 128 x 204, 768 wide, 12 deep, 12 heads, drop path 0.1) or a tiny preset.
+Preprocessing follows ImageBind's ``imagebind/data.py`` (arXiv 2305.05665, appendix C): 16 kHz,
+several 2 s clips over the recording, per clip a Kaldi-style 128-bin log-mel filterbank (25 ms
+Hanning window, 10 ms hop, HTK-compatible, no dither, no energy, the clip's mean removed),
+right-padded or cropped to 204 frames and normalised with mean -4.268, std 9.138. Two settings
+are explicit and saved with every model:
+
+* ``clip_policy``: ``imagebind`` places and cuts clips exactly as ImageBind (pytorchvideo's
+  constant clips sampler, ``int(start * rate) : int(end * rate)``, the mean removed in place, as
+  the reference does); ``spread`` covers the recording from its start to its end;
+* ``channels``: ``first`` is ImageBind's (the clip's mean over all channels removed, then the
+  filterbank of channel 0); ``mix`` averages the channels first, which is the better input for
+  encoders binder trains.
+
+The ``imagebind`` preset defaults to ``imagebind`` + ``first`` (so ``binder.load("imagebind_huge")``
+reproduces the reference on real recordings), the ``tiny`` preset to ``spread`` + ``mix``. The
+encoder is ImageBind's audio trunk (Conv2d stem kernel 16, stride 10 on 128 x 204, 768 wide, 12
+deep, 12 heads, drop path 0.1, a learned key/value token) or a tiny preset.
 """
 from __future__ import annotations
 
@@ -21,7 +32,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from binder.clips import POLICIES, sample_starts
+from binder.clips import POLICIES, imagebind_ranges, sample_starts
 from binder.config import build_dataclass
 from binder.errors import BinderConfigError, BinderInputError, check_rate, existing_file
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
@@ -39,6 +50,11 @@ PRESETS: Dict[str, TrunkConfig] = {
     "imagebind": TrunkConfig(patch=(16, 16), stride=(10, 10), width=768, depth=12, heads=12, drop_path=0.1,
                              patch_norm=True, bias_kv=True, logit_scale=20.0),
 }
+
+
+CHANNELS = ("mix", "first")
+BINDER_INPUT = ("spread", "mix")  # binder's own models: clips from start to end, channels averaged
+IMAGEBIND_INPUT = ("imagebind", "first")  # imagebind/data.py exactly (the imagebind preset's default)
 
 
 @dataclass
@@ -67,7 +83,8 @@ class AudioConfig:
     frame_shift_ms: float = 10.0  # hop
     clip_duration: float = 2.0  # seconds per clip
     clips_per_sample: int = 3  # clips per recording at inference; embeddings are averaged
-    clip_policy: str = "spread"  # spread: clips from start to end | imagebind: pytorchvideo's constant clips sampler
+    clip_policy: Optional[str] = None  # spread: clips from start to end | imagebind: ImageBind's sampler; None: the preset's
+    channels: Optional[str] = None  # mix: average the channels | first: ImageBind's (channel 0 after the clip mean); None: the preset's
     mean: float = -4.268  # normalisation mean (ImageBind, AudioSet statistics)
     std: float = 9.138  # normalisation std
     temperature: float = 0.05  # fixed InfoNCE temperature (ImageBind audio)
@@ -80,8 +97,12 @@ class AudioConfig:
             self.augment = build_dataclass(AudioAugmentConfig, self.augment, "audio augment")
         if self.preset not in PRESETS:
             raise BinderConfigError(f"unknown audio preset {self.preset!r}; expected one of {sorted(PRESETS)}")
-        if self.clip_policy not in POLICIES:
-            raise BinderConfigError(f"audio clip_policy must be one of {POLICIES}, got {self.clip_policy!r}")
+        policy, channels = IMAGEBIND_INPUT if self.preset == "imagebind" else BINDER_INPUT
+        self.clip_policy = policy if self.clip_policy is None else self.clip_policy
+        self.channels = channels if self.channels is None else self.channels
+        if self.clip_policy not in POLICIES or self.channels not in CHANNELS:
+            raise BinderConfigError(f"audio clip_policy must be one of {POLICIES} and channels one of {CHANNELS}, got "
+                                    f"{self.clip_policy!r}, {self.channels!r}")
 
     def trunk(self) -> TrunkConfig:
         """The preset's trunk with the ``encoder`` overrides, on (1, mel bins, frames) inputs."""
@@ -139,7 +160,8 @@ class AudioPreprocessor:
         return data.T, int(sr)
 
     def waveform(self, item: Any, sample_rate: Optional[int] = None) -> torch.Tensor:
-        """Any accepted input -> validated mono waveform (T,) at ``cfg.sample_rate``."""
+        """Any accepted input -> validated waveform (C, T) at ``cfg.sample_rate``: one averaged
+        channel (``channels: mix``) or every channel (``first``, resampled one by one as ImageBind)."""
         if isinstance(item, (str, Path)):
             name = f"audio file {str(item)!r}"
             data, sample_rate = self.read(item)
@@ -155,19 +177,25 @@ class AudioPreprocessor:
             raise BinderInputError(f"{name} is empty: expected at least one sample")
         if not np.isfinite(data).all():
             raise BinderInputError(f"{name} contains NaN or infinite samples")
-        wave = torch.from_numpy(np.ascontiguousarray(data)).mean(0)  # down-mix (C, T) -> (T,)
+        wave = torch.from_numpy(np.ascontiguousarray(data))  # (C, T)
+        if self.cfg.channels == "mix":
+            wave = wave.mean(0, keepdim=True)  # (1, T)
         if rate != self.cfg.sample_rate:
             wave = torchaudio.functional.resample(wave, rate, self.cfg.sample_rate)
         return wave
 
-    def fbank(self, segment: torch.Tensor) -> torch.Tensor:
-        """Waveform (T,) -> normalised log-mel (1, mel, frames), padded/cropped to target_length."""
+    def fbank(self, segment: torch.Tensor, center: bool = True) -> torch.Tensor:
+        """Clip (C, T) or (T,) -> normalised log-mel (1, mel, frames) of its first channel, after
+        removing the clip's mean over all channels (``center``), padded/cropped to target_length."""
+        segment = segment if segment.ndim == 2 else segment[None]  # (C, T)
+        if center:
+            segment = segment - segment.mean()
+        x = segment[0]
         min_len = int(self.cfg.sample_rate * self.cfg.frame_length_ms / 1000)
-        if segment.numel() < min_len:
-            segment = torch.nn.functional.pad(segment, (0, min_len - segment.numel()))
-        segment = segment - segment.mean()
+        if x.numel() < min_len:
+            x = torch.nn.functional.pad(x, (0, min_len - x.numel()))
         mel = torchaudio.compliance.kaldi.fbank(
-            segment[None], htk_compat=True, sample_frequency=self.cfg.sample_rate, use_energy=False,
+            x[None], htk_compat=True, sample_frequency=self.cfg.sample_rate, use_energy=False,
             window_type="hanning", num_mel_bins=self.cfg.num_mel_bins, dither=0.0,
             frame_length=self.cfg.frame_length_ms, frame_shift=self.cfg.frame_shift_ms,
         ).T  # (mel, frames)
@@ -175,16 +203,32 @@ class AudioPreprocessor:
         mel = torch.nn.functional.pad(mel, (0, pad)) if pad > 0 else mel[:, : self.cfg.target_length]
         return ((mel - self.cfg.mean) / self.cfg.std)[None]  # (1, mel, frames)
 
+    def ranges(self, num_samples: int, num_clips: int, train: bool) -> list:
+        """Sample ranges [a, b) of the clips (see :mod:`binder.clips`)."""
+        if self.cfg.clip_policy == "imagebind" and not train:
+            return imagebind_ranges(num_samples, self.cfg.sample_rate, self.cfg.clip_duration, num_clips)
+        clip = int(round(self.cfg.clip_duration * self.cfg.sample_rate))
+        return [(s, s + clip) for s in sample_starts(num_samples, clip, num_clips, self.cfg.clip_policy, train)]
+
     def __call__(
         self, item: Any, sample_rate: Optional[int] = None, train: bool = False,
         num_clips: Optional[int] = None,
     ) -> torch.Tensor:
         """Preprocess one recording -> (K, 1, mel, frames) with K = ``num_clips`` clips."""
-        wave = self.waveform(item, sample_rate)
+        wave = self.waveform(item, sample_rate)  # (C, T)
         k = num_clips or (1 if train else self.cfg.clips_per_sample)
-        clip = int(round(self.cfg.clip_duration * self.cfg.sample_rate))
-        starts = sample_starts(wave.numel(), clip, k, self.cfg.clip_policy, train)
-        clips = torch.stack([self.fbank(wave[s : s + clip]) for s in starts])  # (K, 1, mel, frames)
+        if self.cfg.clip_policy == "imagebind":
+            # imagebind/data.py removes each clip's mean in place on the whole recording, so a
+            # clip overlapping an earlier one sees the earlier subtraction too: the same here.
+            buffer = wave.clone()
+            clips = []
+            for a, b in self.ranges(wave.shape[-1], k, train):
+                view = buffer[:, a:b]
+                view -= view.mean()
+                clips.append(self.fbank(view, center=False))
+        else:
+            clips = [self.fbank(wave[:, a:b]) for a, b in self.ranges(wave.shape[-1], k, train)]
+        clips = torch.stack(clips)  # (K, 1, mel, frames)
         if not torch.isfinite(clips).all():  # e.g. samples of 1e30: the power spectrum overflows
             peak = float(wave.abs().max())
             raise BinderInputError(f"{self._name(item)}: samples too large to analyse (largest magnitude {peak:.3g}); "

@@ -33,6 +33,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -46,7 +47,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from binder.anchor import ImageConfig
-from binder.clips import POLICIES, clip_starts
+from binder.clips import POLICIES, clip_starts, imagebind_clips
 from binder.config import build_dataclass, merge_overrides
 from binder.errors import BinderConfigError, BinderInputError, check_rate, reading
 from binder.imaging import resize_center_crop
@@ -168,6 +169,24 @@ def clip_times(duration: float, fps: float, num_clips: int, frames: int, clip: f
     return starts[:, None] + offsets[None]  # (K, T)
 
 
+def imagebind_frame_times(pts: np.ndarray, time_base: Fraction, start_pts: int, duration: float, num_clips: int,
+                          frames: int, clip: float) -> np.ndarray:
+    """Frame times (K, T) in seconds picked as ImageBind's video loader picks them: clips from
+    pytorchvideo's constant clips sampler (:func:`binder.clips.imagebind_clips`), each clip's
+    frames those with ``ceil(start / time_base) <= pts - start_pts < ceil(end / time_base)``
+    (pytorchvideo's ``get_clip``), of which ``UniformTemporalSubsample`` keeps ``frames``
+    spread from the first to the last. ``pts``: every frame's timestamp, sorted."""
+    out = []
+    for a, b in imagebind_clips(duration, clip, num_clips):
+        lo, hi = math.ceil(a / time_base) + start_pts, math.ceil(b / time_base) + start_pts
+        inside = pts[(pts >= lo) & (pts < hi)]
+        if not len(inside):  # the reference finds no frame here and fails: take the nearest one
+            inside = pts[[int(np.argmin(np.abs(pts - lo)))]]
+        pick = torch.linspace(0, len(inside) - 1, frames).clamp(0, len(inside) - 1).long().numpy()
+        out.append([float((int(p) - start_pts) * time_base) for p in inside[pick]])
+    return np.asarray(out, dtype=np.float64)  # (K, T)
+
+
 def _natural_key(path: Path) -> list:
     """Sort key that puts frame_2.png before frame_10.png."""
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", path.name)]
@@ -213,6 +232,15 @@ class _Cursor:
         return min(options, key=lambda c: abs(c[1] - t))[0]
 
 
+def _frame_pts(container: Any, stream: Any) -> tuple:
+    """(every frame's pts sorted, time base, stream start pts) from a demux pass (no decoding)."""
+    pts = np.sort(np.array([p.pts for p in container.demux(stream) if p.pts is not None], dtype=np.int64))
+    container.seek(0)
+    if not len(pts):
+        raise BinderInputError("the video stream holds no timestamped frames")
+    return pts, Fraction(stream.time_base), int(stream.start_time or 0)
+
+
 def _stream_timing(container: Any, stream: Any) -> Tuple[float, float, float]:
     """(start, duration, fps) of a video stream from its metadata, or from a demux pass when the
     container does not record a duration."""
@@ -254,8 +282,10 @@ class VideoPreprocessor:
 
     # -- decoding --------------------------------------------------------------------------
 
-    def read_file(self, path: Path, times_of: Callable[[float, float], np.ndarray]) -> np.ndarray:
-        """Decode the frames nearest ``times_of(duration, fps)`` (K, T) -> uint8 (K, T, H, W, 3)."""
+    def read_file(self, path: Path, times_of: Callable[..., np.ndarray]) -> np.ndarray:
+        """Decode the frames nearest ``times_of(duration, fps, frame_pts)`` (K, T) -> uint8
+        (K, T, H, W, 3); ``frame_pts`` (every frame's timestamp, from a demux pass) only for the
+        ``imagebind`` clip policy, which picks among the frames themselves."""
         name = f"video file {str(path)!r}"
         try:
             with av.open(str(path), mode="r") as container:
@@ -264,7 +294,8 @@ class VideoPreprocessor:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 start, duration, fps = _stream_timing(container, stream)
-                times = times_of(max(duration, 1.0 / fps), fps)
+                frame_pts = _frame_pts(container, stream) if self.cfg.clip_policy == "imagebind" else None
+                times = times_of(max(duration, 1.0 / fps), fps, frame_pts)
                 cursor = _Cursor(container, stream, start, fps)
                 picked: List[Any] = [None] * times.size
                 last = None
@@ -306,7 +337,11 @@ class VideoPreprocessor:
         cfg = self.cfg
         k = num_clips or (1 if train else cfg.clips_per_sample)
 
-        def times_of(duration: float, fps: float) -> np.ndarray:
+        def times_of(duration: float, fps: float, frame_pts: Optional[tuple] = None) -> np.ndarray:
+            if frame_pts is not None and not train:  # imagebind: pick among the frames themselves
+                pts, time_base, start_pts = frame_pts
+                return imagebind_frame_times(pts, time_base, start_pts, duration, k, cfg.frames_per_clip,
+                                             cfg.clip_duration)
             return clip_times(duration, fps, k, cfg.frames_per_clip, cfg.clip_duration, train, cfg.clip_policy)
 
         if isinstance(item, (str, Path)):
@@ -323,7 +358,8 @@ class VideoPreprocessor:
             name = "video input"
             frames = frames_to_uint8(item, name)
         fps = check_rate(sample_rate, name, "frame rate") if sample_rate is not None else cfg.fps
-        times = times_of(frames.shape[0] / fps, fps)
+        index_base = (np.arange(frames.shape[0]), 1 / Fraction(fps).limit_denominator(10**6), 0)
+        times = times_of(frames.shape[0] / fps, fps, index_base if cfg.clip_policy == "imagebind" else None)
         idx = np.clip(np.floor(times * fps + 0.5 + 1e-6).astype(np.int64), 0, frames.shape[0] - 1)
         return frames[idx]  # (K, T, H, W, 3)
 
@@ -353,25 +389,37 @@ class VideoPreprocessor:
         return self.transform(self.sample(item, sample_rate, train, num_clips))
 
 
+def short_side_scale(x: torch.Tensor, size: int) -> torch.Tensor:
+    """pytorchvideo's ``ShortSideScale`` (ImageBind's video resize): the short side to ``size``,
+    the long one to ``floor(long / short * size)``, bilinear without antialiasing."""
+    h, w = x.shape[-2:]
+    new = (int(math.floor(h / w * size)), size) if w < h else (size, int(math.floor(w / h * size)))
+    return F.interpolate(x, size=new, mode="bilinear", align_corners=False)
+
+
 def resize_crops(x: torch.Tensor, size: Tuple[int, int], crops: int = 1, mode: str = "bicubic") -> torch.Tensor:
     """(N, 3, h, w) in [0, 1] -> (V, N, 3, H, W) with V = ``crops``: resize so the frame covers
     ``size`` (short side for a square crop), then a centre crop (``crops=1``) or, as ImageBind's
     ``SpatialCrop(num_crops=3)``, crops at the start, centre and end of the long side.
     ``bicubic`` is antialiased and clamped to [0, 1] like PIL; ``bilinear`` is pytorchvideo's
-    ``ShortSideScale`` (no antialiasing)."""
-    if crops == 1:
+    ``ShortSideScale`` exactly (square crops)."""
+    if mode == "bilinear" and size[0] == size[1]:
+        x = short_side_scale(x, size[0])
+    elif crops == 1:
         return resize_center_crop(x, size, mode, clamp=mode == "bicubic")[None]
-    h, w = x.shape[-2:]
-    covering = (max(size[0], int(round(h * max(size[0] / h, size[1] / w)))),
-                max(size[1], int(round(w * max(size[0] / h, size[1] / w)))))
-    x = resize_center_crop(x, covering, mode, clamp=mode == "bicubic")  # resize only: the crop is the whole
-    nh, nw = covering
+    else:
+        h, w = x.shape[-2:]
+        scale = max(size[0] / h, size[1] / w)
+        covering = (max(size[0], int(round(h * scale))), max(size[1], int(round(w * scale))))
+        x = resize_center_crop(x, covering, mode, clamp=mode == "bicubic")  # resize only
+    nh, nw = x.shape[-2:]
     dh, dw = nh - size[0], nw - size[1]
     along_h = dh > dw  # portrait: crops run down the height (ImageBind's uniform_crop)
-    offsets = [0, math.ceil((dh if along_h else dw) / 2), dh if along_h else dw]
+    room = dh if along_h else dw
+    offsets = [room // 2] if crops == 1 else [0, math.ceil(room / 2), room]
     views = [x[..., o : o + size[0], dw // 2 : dw // 2 + size[1]] if along_h
              else x[..., dh // 2 : dh // 2 + size[0], o : o + size[1]] for o in offsets]
-    return torch.stack(views)  # (3, N, 3, H, W)
+    return torch.stack(views)  # (V, N, 3, H, W)
 
 
 def frames_to_uint8(item: Any, name: str) -> np.ndarray:
