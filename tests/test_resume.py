@@ -124,7 +124,8 @@ def _step(ckpt: Path) -> int:
 
 
 def _final(run: Path) -> dict:
-    logs = next((run / "logs").rglob("metrics.csv")).read_text().splitlines()
+    newest = max((run / "logs").rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)  # a resumed run logs anew
+    logs = newest.read_text().splitlines()
     header = logs[0].split(",")
     col = header.index("val/loss/audio-image")
     val = [float(row.split(",")[col]) for row in logs[1:] if row.split(",")[col]]
