@@ -33,6 +33,8 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
+BINDER_PREPROCESS = {"binder-digits": {"image_resize_mode": "longest"}}
+"""Preprocessing of binder's own open_clip configs built by name (their folders record it)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class ImageConfig:
     mean: Tuple[float, ...] = CLIP_MEAN
     std: Tuple[float, ...] = CLIP_STD
     interpolation: str = "bicubic"
-    resize_mode: str = "shortest"  # shortest: short side + centre crop | squash | longest
+    resize_mode: str = "shortest"  # shortest: short side + centre crop | squash | longest: fit, then pad
+    fill_color: int = 0  # padding of resize_mode longest (0-255)
 
 
 def register_open_clip_configs() -> None:
@@ -193,7 +196,8 @@ class OpenClipAnchor(Anchor):
         try:
             with quiet_open_clip():
                 clip, _, preprocess = open_clip.create_model_and_transforms(
-                    model, pretrained=pretrained, precision=precision, cache_dir=cache_dir)
+                    model, pretrained=pretrained, precision=precision, cache_dir=cache_dir,
+                    **BINDER_PREPROCESS.get(model, {}))
                 self.tokenizer = open_clip.get_tokenizer(model)
         except Exception as err:  # open_clip raises RuntimeError, ValueError, OSError, UnpicklingError, ...
             raise ModelLoadError(f"could not build the open_clip anchor model={model!r} pretrained={pretrained!r}: "
@@ -233,7 +237,7 @@ class OpenClipAnchor(Anchor):
         size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
         return ImageConfig(size=size, mean=tuple(cfg.get("mean", CLIP_MEAN)), std=tuple(cfg.get("std", CLIP_STD)),
                            interpolation=cfg.get("interpolation", "bicubic"),
-                           resize_mode=cfg.get("resize_mode", "shortest"))
+                           resize_mode=cfg.get("resize_mode", "shortest"), fill_color=int(cfg.get("fill_color", 0)))
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)

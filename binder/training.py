@@ -15,13 +15,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
+from binder.arithmetic import calibrate_from_datamodule
 from binder.checkpoints import resume_argv, resume_checkpoint
 from binder.config import (
     build_dataclass,
@@ -76,12 +77,23 @@ def anchor_settings(node: Any) -> Dict[str, Any]:
     return {k: v for k, v in to_dict(node).items() if k not in ("_target_", "build")}
 
 
+def anchor_weights(node: Any) -> Optional[Path]:
+    """The file an anchor's weights come from when it is local: its ``pretrained`` checkpoint, or
+    the weights of its ``local-dir:`` folder (None for tags and hub models)."""
+    model, pretrained = str(node.get("model") or ""), node.get("pretrained")
+    if pretrained and ("/" in str(pretrained) or str(pretrained).endswith((".safetensors", ".pt", ".pth", ".bin"))):
+        return Path(os.path.expanduser(str(pretrained)))  # a checkpoint file, not a pretrained tag
+    if model.startswith("local-dir:"):
+        return Path(os.path.expanduser(model[len("local-dir:"):])) / "open_clip_model.safetensors"
+    return None
+
+
 def ensure_anchor(node: Any) -> None:
-    """Run the anchor's ``build`` recipe when its ``pretrained`` checkpoint does not exist yet."""
-    build, pretrained = node.get("build"), node.get("pretrained")
-    if build and pretrained and not Path(os.path.expanduser(str(pretrained))).is_file():
-        log.info("anchor checkpoint %s not found: building it first", pretrained)
-        instantiate(build, "anchor.build").run(anchor_settings(node))
+    """Run the anchor's ``build`` recipe when its local weights do not exist yet."""
+    weights = anchor_weights(node)
+    if node.get("build") and weights is not None and not weights.is_file():
+        log.info("anchor %s not found: building it first", weights.parent)
+        instantiate(node.build, "anchor.build").run(anchor_settings(node))
 
 
 def build_model(cfg: DictConfig) -> BindModel:
@@ -141,7 +153,7 @@ def evaluate(model: BindModel, datamodule: Any, modality: str, cfg: DictConfig) 
 
 def header(cfg: DictConfig, modalities: List[str], data: str, run_dir: Path) -> None:
     """One line on what the run uses and where it writes."""
-    anchor = cfg.get("init_from") or f"{cfg.anchor.get('model')} ({cfg.anchor.get('pretrained') or 'no checkpoint'})"
+    anchor = cfg.get("init_from") or f"{cfg.anchor.get('model')}" + (f" ({cfg.anchor.pretrained})" if cfg.anchor.get("pretrained") else "")
     log.info("binder: %s against %s | data: %s | anchor: %s | cache: %s | run: %s", "+".join(modalities), cfg.target,
              data, anchor, cfg.paths.cache, run_dir)
 
@@ -171,6 +183,8 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
         datamodule.setup("fit")
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; no model was saved")
+    if cfg.target == "image" and not cfg.trainer.get("fast_dev_run"):
+        calibrate_from_datamodule(model, datamodule)  # compose()'s per-modality spreads, saved with the model
     model_dir = save(model, run_dir / "model")
     rows: Dict[str, Any] = {}
     if cfg.eval.zero_shot and not cfg.trainer.get("fast_dev_run"):

@@ -16,13 +16,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
+from binder.datasets.composites import CompositeCaptions, pair_captions
 from binder.datasets.fsdd import Recording, list_recordings
 from binder.datasets.instances import InstancePairs, render_fixed
 from binder.datasets.mnist import load_mnist
 from binder.datasets.paths import data_root
 from lightning.pytorch.utilities import CombinedLoader
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from binder.config import build_dataclass
 from binder.data import PairedDataModule, combine
@@ -305,13 +306,15 @@ class CaptionedDigits(Dataset):
 
 
 class DigitsCaptionDataModule(L.LightningDataModule):
-    """MNIST (image, caption) pairs for training the offline digits anchor."""
+    """MNIST (image, caption) pairs for training the offline digits anchor: single digits with
+    their class captions, and ``composites`` fresh side-by-side pairs per epoch with pair captions
+    (``binder.datasets.composites``). Validation: the held-out single digits."""
 
     def __init__(self, cfg: DigitsConfig, preprocess: Callable, tokenize: Callable, batch_size: int,
-                 augment: Optional[Callable] = None) -> None:
+                 augment: Optional[Callable] = None, composites: int = 0) -> None:
         super().__init__()
         self.cfg, self.preprocess, self.tokenize = cfg, preprocess, tokenize
-        self.batch_size, self.augment = batch_size, augment
+        self.batch_size, self.augment, self.composites = batch_size, augment, composites
         self.world: Optional[DigitsWorld] = None
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -319,8 +322,12 @@ class DigitsCaptionDataModule(L.LightningDataModule):
             return
         self.world = DigitsWorld(self.cfg)
         captions = tokenize_prompts(self.tokenize, CLASSNAMES, TEMPLATES)
-        self.train_set = CaptionedDigits(self.world, self.world.image_indices("train"), self.preprocess,
-                                         captions, self.augment)
+        train = self.world.image_indices("train")
+        self.train_set = CaptionedDigits(self.world, train, self.preprocess, captions, self.augment)
+        if self.composites:
+            pairs = CompositeCaptions(self.world.images, self.world.labels, train, self.preprocess,
+                                      pair_captions(self.tokenize, CLASSNAMES), self.composites, self.augment)
+            self.train_set = ConcatDataset([self.train_set, pairs])
         self.test_set = CaptionedDigits(self.world, self.world.image_indices("test"), self.preprocess, captions)
 
     def train_dataloader(self) -> DataLoader:

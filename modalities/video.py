@@ -56,7 +56,8 @@ from binder.registry import ModalitySpec, register_modality
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMAGE = ImageConfig()  # CLIP's 224 x 224 and mean/std, used only while no anchor is attached
+DEFAULT_IMAGE = ImageConfig()
+VECTORISED_RESIZE = ("shortest", "longest")  # anchor resize modes done here on whole clips  # CLIP's 224 x 224 and mean/std, used only while no anchor is attached
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 SEEK_GAP = 2.0  # seconds: a target further ahead than this is reached by seeking, not decoding
 PIXEL_GRID = 8  # without an anchor, frames are summarised by an 8 x 8 average pool (3 * 64 values)
@@ -144,7 +145,7 @@ class VideoConfig:
 def frame_spec(anchor: Any) -> ImageConfig:
     """The anchor's image size, normalisation and resize, from its own preprocess config."""
     spec = anchor.image_config()
-    if spec.resize_mode != "shortest":
+    if spec.resize_mode not in VECTORISED_RESIZE:
         log.info("the anchor resizes images with %r: video frames go through its transform one by one",
                  spec.resize_mode)
     return spec
@@ -278,7 +279,7 @@ class VideoPreprocessor:
     def attach_anchor(self, anchor: Any) -> None:
         """Take the crop size and normalisation from the frozen anchor's preprocess config."""
         self.spec = frame_spec(anchor)
-        self.transform_one = anchor.preprocess_image if self.spec.resize_mode != "shortest" else None
+        self.transform_one = anchor.preprocess_image if self.spec.resize_mode not in VECTORISED_RESIZE else None
 
     # -- decoding --------------------------------------------------------------------------
 
@@ -377,7 +378,13 @@ class VideoPreprocessor:
             out = torch.stack([self.transform_one(Image.fromarray(f)) for f in flat]).float()[None]  # (1, K T, 3, S, S)
         else:
             x = rearrange(torch.from_numpy(np.ascontiguousarray(flat)), "n h w c -> n c h w").float() / 255.0
-            out = resize_crops(x, spec.size, crops, self.cfg.interpolation)  # (V, K T, 3, S, S)
+            if spec.resize_mode == "longest":  # fit inside the anchor's canvas, pad with its fill
+                if crops != 1:
+                    raise BinderConfigError("video spatial_crops=3 needs an anchor whose image transform is resize + "
+                                            "crop (this one letterboxes: resize_mode='longest')")
+                out = fit_and_pad(x, spec.size, spec.fill_color / 255.0)[None]  # (1, K T, 3, H, W)
+            else:
+                out = resize_crops(x, spec.size, crops, self.cfg.interpolation)  # (V, K T, 3, S, S)
             mean = torch.tensor(spec.mean, dtype=out.dtype)[:, None, None]
             std = torch.tensor(spec.std, dtype=out.dtype)[:, None, None]
             out = (out - mean) / std
@@ -387,6 +394,18 @@ class VideoPreprocessor:
                  num_clips: Optional[int] = None) -> torch.Tensor:
         """Preprocess one video -> (K, T, 3, H, W) with K = ``num_clips`` clips."""
         return self.transform(self.sample(item, sample_rate, train, num_clips))
+
+
+def fit_and_pad(x: torch.Tensor, size: Tuple[int, int], fill: float) -> torch.Tensor:
+    """(N, 3, h, w) in [0, 1] -> (N, 3, H, W): open_clip's ``resize_mode="longest"`` (the whole
+    frame scaled to fit, bicubic, then centred on a canvas of ``fill``)."""
+    h, w = x.shape[-2:]
+    scale = min(size[0] / h, size[1] / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+    top, left = (size[0] - nh) // 2, (size[1] - nw) // 2
+    return F.pad(x, (left, size[1] - nw - left, top, size[0] - nh - top), value=fill)
 
 
 def short_side_scale(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -588,4 +607,5 @@ SPEC = register_modality(ModalitySpec(
     name="video", config_cls=VideoConfig, preprocessor_cls=VideoPreprocessor, encoder_cls=VideoEncoder,
     example_input=example_input,
     render="binder.datasets.render_video:render",  # the digits world: a moving, rotating digit
+    extensions=(".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"),
 ))

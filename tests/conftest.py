@@ -98,7 +98,7 @@ def tiny_anchor(compose, data_root: Path, binder_cache: Path, tmp_path_factory) 
         "experiment=digits_anchor", "anchor.build.epochs=1", "anchor.build.limit_train_batches=3", "anchor.build.batch_size=32",
         f"anchor.build.root={data_root}", f"run_dir={run_dir}",
     ])
-    checkpoint = Path(cfg.anchor.pretrained)
+    checkpoint = Path(cfg.anchor.model[len("local-dir:"):]) / "open_clip_model.safetensors"
     assert binder_cache in checkpoint.parents, "the anchor must be written under $BINDER_CACHE"
     assert not checkpoint.exists()
     metrics = train(cfg)

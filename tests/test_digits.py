@@ -104,7 +104,7 @@ def test_datamodule_pairs_share_labels_and_respect_splits(small_data_root, rando
     assert torch.equal(test_set[0][Modality.AUDIO], test_set[0][Modality.AUDIO])
     assert not torch.equal(train_set[0][Modality.AUDIO], train_set[0][Modality.AUDIO])
     batch = next(iter(dm.train_dataloader().iterables["audio"]))
-    assert batch[Modality.AUDIO].shape == (4, 1, 1, 128, 204) and batch[Modality.IMAGE].shape == (4, 3, 28, 28)
+    assert batch[Modality.AUDIO].shape == (4, 1, 1, 128, 204) and batch[Modality.IMAGE].shape == (4, 3, 28, 56)
 
 
 def test_text_target_pairs_share_labels(small_data_root, random_anchor):

@@ -68,7 +68,7 @@ def test_real_samples_datamodule(llvip_dir, thermal_model):
     assert len(dm.train_pairs) + len(dm.val_pairs) == N_SAMPLES and not dm.skipped
     batch = next(iter(dm.train_dataloader().iterables["thermal"]))
     assert batch[Modality.THERMAL].shape == (8, 1, 1, 32, 32)
-    assert batch[Modality.IMAGE].shape == (8, 3, 28, 28)
+    assert batch[Modality.IMAGE].shape == (8, 3, 28, 56)
     (val_loader,) = dm.val_dataloader()
     val = next(iter(val_loader))
     assert val[Modality.THERMAL].shape[0] == len(dm.val_pairs)  # the whole validation set in one batch

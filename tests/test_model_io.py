@@ -101,10 +101,10 @@ def test_bundled_anchor_loads_with_open_clip_alone(saved, file_anchor):
     code = ("import sys, open_clip, torch\n"
             "m, _, pre = open_clip.create_model_and_transforms(f'local-dir:{sys.argv[1]}')\n"
             "assert 'binder' not in sys.modules\n"
-            "print(pre.transforms[0].size, float(sum(p.double().sum() for p in m.parameters())))")
+            "print(*pre.transforms[0].size, float(sum(p.double().sum() for p in m.parameters())))")
     out = subprocess.run([sys.executable, "-c", code, str(saved / "anchor")], capture_output=True, text=True, check=True)
-    size, total = out.stdout.split()
-    assert int(size) == 28
+    height, width, total = out.stdout.split()
+    assert (int(height), int(width)) == (28, 56)  # singles and two-digit composites
     assert float(total) == pytest.approx(float(sum(p.double().sum() for p in file_anchor.model.parameters())), rel=1e-9)
 
 

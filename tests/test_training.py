@@ -31,8 +31,8 @@ def test_compose_default_config(compose, tmp_path):
     assert cfg.run_dir == str(tmp_path)
     assert cfg.paths.cache == os.environ["BINDER_CACHE"]  # set by conftest for the session
     # The anchor checkpoint lives in the (test) cache, never in ~/.cache.
-    assert ".cache/binder" not in str(cfg.anchor.pretrained)
-    assert cfg.anchor.pretrained.startswith(cfg.paths.cache)
+    assert ".cache/binder" not in str(cfg.anchor.model)
+    assert cfg.anchor.model.startswith(f"local-dir:{cfg.paths.cache}")
 
 
 def test_tiny_anchor(tiny_anchor):
@@ -182,7 +182,7 @@ def test_manifest_without_validation_skips_unreadable_rows_at_load_time(random_a
     assert train_set[bad] is None
     assert train_set.failures["corrupt"] == 1
     good = train_set[ids.index("r0")]
-    assert good["audio"].shape == (1, 1, 128, 204) and good["image"].shape == (3, 28, 28)
+    assert good["audio"].shape == (1, 1, 128, 204) and good["image"].shape == (3, 28, 56)
     batch = collate_skipping([train_set[i] for i in range(len(ids))])
     assert batch["audio"].shape[0] == len(ids) - 1
     assert collate_skipping([None, None]) is None

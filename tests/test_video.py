@@ -81,7 +81,7 @@ def test_decode_files_by_timestamp(pre, tmp_path, suffix, codec):
     index = clips.reshape(5, 2, -1).mean(-1) / 8  # brightness -> frame index (lossy codecs: a few levels off)
     assert np.abs(index - expected).max() < 0.5, index
     x = pre(path)
-    assert x.shape == (5, 2, 3, 28, 28) and x.dtype == torch.float32
+    assert x.shape == (5, 2, 3, 28, 56) and x.dtype == torch.float32
     torch.testing.assert_close(x, pre(str(path)))
     # Normalised with the anchor's mean/std: frame value v -> (v / 255 - mean) / std.
     mean, std = torch.tensor(pre.spec.mean), torch.tensor(pre.spec.std)
@@ -117,7 +117,7 @@ def test_train_mode_one_random_clip(pre):
     ends = [int(d[0, 1, 0, 0, 0]) // 2 for d in draws]
     assert all(e - s == 19 for s, e in zip(starts, ends))  # 2 s clips: first and last frame
     assert len(set(starts)) > 1 and all(0 <= s <= 80 for s in starts)
-    assert pre(video, sample_rate=10, train=True).shape == (1, 2, 3, 28, 28)
+    assert pre(video, sample_rate=10, train=True).shape == (1, 2, 3, 28, 56)
 
 
 def test_short_video_and_single_frame(pre):
@@ -125,7 +125,7 @@ def test_short_video_and_single_frame(pre):
     clips = pre.sample(grey_ramp(6), sample_rate=10)  # 0.6 s
     np.testing.assert_array_equal(clips[:, :, 0, 0, 0] // 2, np.tile([0, 5], (5, 1)))
     one = pre(np.full((1, 20, 20, 3), 200, np.uint8))
-    assert one.shape == (5, 2, 3, 28, 28) and torch.equal(one[0, 0], one[4, 1])
+    assert one.shape == (5, 2, 3, 28, 56) and torch.equal(one[0, 0], one[4, 1])
 
 
 def test_frame_folder_equals_array(pre, tmp_path):
@@ -150,7 +150,7 @@ def test_inputs_of_any_length_and_size_batch(pre):
         ([rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)] * 3, 30),  # list of arrays + fps
     ]
     batch = torch.stack([pre(x) for x in items])
-    assert batch.shape == (len(items), 5, 2, 3, 28, 28) and torch.isfinite(batch).all()
+    assert batch.shape == (len(items), 5, 2, 3, 28, 56) and torch.isfinite(batch).all()
 
 
 def test_tensor_layouts_and_dtypes_agree(pre):
@@ -238,10 +238,10 @@ def test_save_load_round_trip(anchor_file, tmp_path, mode):
 def test_encoder_rejects_wrong_clip_shapes(random_anchor):
     model = BindModel(random_anchor, {"video": {"encoder": SMALL_ENCODER}})
     encoder = model.encoders["video"]
-    with pytest.raises(ValueError, match="3, 28, 28"):
+    with pytest.raises(ValueError, match="3, 28, 56"):
         encoder(torch.zeros(2, 2, 3, 32, 32))
     with pytest.raises(ValueError, match="2, 3"):
-        encoder(torch.zeros(2, 3, 3, 28, 28))  # the temporal model was built for 2 frames
+        encoder(torch.zeros(2, 3, 3, 28, 56))  # the temporal model was built for 2 frames
     with pytest.raises(BinderInputError, match="anchor"):
         SPEC.encoder_cls(VideoConfig(mode="pooled"))(torch.zeros(1, 2, 3, 224, 224))
 
@@ -407,12 +407,34 @@ def test_three_spatial_crops_along_the_long_side():
     torch.testing.assert_close(one[0], x[..., 11:39])
 
 
-def test_imagebind_video_views(random_anchor):
+@pytest.fixture(scope="module")
+def square_anchor(tmp_path_factory):
+    """A square 28 x 28 anchor with CLIP's resize + centre crop (like ImageBind's 224 x 224 one)."""
+    import json
+
+    import open_clip
+
+    from binder.anchor import OpenClipAnchor, register_open_clip_configs
+
+    register_open_clip_configs()
+    cfg = dict(open_clip.get_model_config("binder-digits"))
+    cfg["vision_cfg"] = {**cfg["vision_cfg"], "image_size": 28}
+    path = tmp_path_factory.mktemp("square") / "binder-square-test.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    torch.manual_seed(0)
+    return OpenClipAnchor(model="binder-square-test")
+
+
+def test_imagebind_video_views(square_anchor, random_anchor):
     """ImageBind's loader: 5 clips x 3 spatial crops = 15 views of 2 frames each; a wide video's
-    three crops differ, and the clips follow the ramp in time."""
+    three crops differ, and the clips follow the ramp in time. Three crops need a resize + crop
+    anchor: with binder's letterboxing digits anchor they are refused, not silently dropped."""
     from binder.imagebind.model import video_preprocessor
 
-    pre = video_preprocessor(random_anchor)
+    with pytest.raises(BinderConfigError, match="spatial_crops=3"):
+        video_preprocessor(random_anchor)((np.zeros((30, 28, 84, 3), np.uint8), 5.0))
+    pre = video_preprocessor(square_anchor)
     assert (pre.cfg.clips_per_sample, pre.cfg.frames_per_clip, pre.cfg.spatial_crops) == (5, 2, 3)
     frames = np.zeros((30, 28, 84, 3), np.uint8)
     frames[:, :, :28], frames[:, :, 28:56], frames[:, :, 56:] = 40, 120, 200  # left, middle, right thirds

@@ -1,9 +1,12 @@
 """The offline default anchor: a small open_clip CLIP trained on MNIST captions, then frozen.
 
 There are no public CLIP weights offline, so binder trains its own anchor: the ``binder-digits``
-open_clip config (registered with open_clip from ``binder/model_configs``) trained on MNIST
-instances below ``mnist_test_from`` against captions from many templates (class names are the
-words zero..nine) with CLIP's contrastive objective (Radford et al., 2021), made label-aware:
+open_clip config (registered with open_clip from ``binder/model_configs``; 28 x 56 inputs) trained
+on MNIST instances below ``mnist_test_from`` against captions from many templates (class names
+are the words zero..nine), single digits padded to the canvas and, as many again, two digits side
+by side with pair captions (``the digits 3 and 7.``; ``binder.datasets.composites``), so the
+space is one where embedding arithmetic can be measured. The objective is CLIP's contrastive one
+(Radford et al., 2021), made label-aware:
 every same-class pair in a batch counts as a positive (multi-positive InfoNCE), which removes
 the same-class false negatives that make plain CLIP training on 10 classes collapse at larger
 batch sizes. The result is saved in open_clip's folder format (``open_clip_config.json`` +
@@ -34,6 +37,7 @@ from binder.anchor import (
     OPEN_CLIP_WEIGHTS,
     register_open_clip_configs,
 )
+from binder.datasets.composites import label_digits
 from binder.datasets.digits import (
     CLASSNAMES,
     TEMPLATES,
@@ -55,10 +59,17 @@ log = logging.getLogger(__name__)
 
 
 def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor,
-                             scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE whose targets spread over every same-label pair in the batch."""
+                             scale: torch.Tensor, digits: "torch.Tensor | None" = None) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets spread over every same-label pair in the batch; with
+    ``digits`` (label -> multi-hot of the digits it shows), over every pair that shares digits,
+    weighted by their Jaccard overlap (a composite of 3 and 7 is half a positive for "three")."""
     logits = scale * img @ txt.T  # (N, N)
-    same = (labels[:, None] == labels[None, :]).float()
+    if digits is None:
+        same = (labels[:, None] == labels[None, :]).float()
+    else:
+        hot = digits.to(img.device)[labels]  # (N, 10)
+        shared = hot @ hot.T  # (N, N)
+        same = shared / (hot.sum(1)[:, None] + hot.sum(1)[None, :] - shared)
     targets = same / same.sum(1, keepdim=True)
     loss_i = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
     loss_t = torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean()
@@ -73,6 +84,7 @@ class AnchorTrainingModule(L.LightningModule):
         super().__init__()
         self.clip, self.tokenizer, self.optim_cfg = clip, tokenizer, optim
         self.classnames, self.templates = list(classnames), list(templates)
+        self.digits = label_digits()  # label -> the digits it shows (singles and composites)
         self._val: list = []
         self.zero_shot: Dict[str, float] = {}
 
@@ -80,7 +92,7 @@ class AnchorTrainingModule(L.LightningModule):
         img = F.normalize(self.clip.encode_image(batch[IMAGE]), dim=-1)
         txt = F.normalize(self.clip.encode_text(batch[TEXT]), dim=-1)
         scale = self.clip.logit_scale.exp().clamp(max=100)
-        loss = multi_positive_clip_loss(img, txt, batch["label"], scale)
+        loss = multi_positive_clip_loss(img, txt, batch["label"], scale, self.digits)
         self.log("train/loss/image-text", loss, prog_bar=True, batch_size=img.shape[0])
         self.log("train/logit_scale", scale, batch_size=1)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
@@ -110,6 +122,7 @@ class DigitsAnchorRecipe:
     """How the digits anchor is trained (the ``anchor.build`` node of ``anchor=digits``)."""
 
     _target_: str = "binder.recipes.digits_anchor.DigitsAnchorRecipe"
+    model_name: str = "binder-digits"  # the open_clip config to train
     root: Optional[str] = None  # data root with mnist/; None -> $BINDER_DATA or ../shared/data
     mnist_test_from: int = 8000  # MNIST instances from here on are held out for zero-shot evaluation
     epochs: int = 8
@@ -121,21 +134,24 @@ class DigitsAnchorRecipe:
     rotate: float = 10.0  # degrees
     translate: float = 0.08  # fraction of the side
     scale: float = 0.1  # zoom in [1 - s, 1 + s]
+    composites: int = 8000  # side-by-side digit pairs per epoch (0: single digits only)
     limit_train_batches: Optional[int] = None  # for quick tests
 
     def run(self, anchor: Dict[str, Any], run_dir: Optional[Path] = None) -> Dict[str, Any]:
-        """Train the anchor described by ``anchor`` (``model``, ``pretrained``) and freeze it into
-        the folder of its ``pretrained`` checkpoint; returns the held-out zero-shot metrics."""
+        """Train ``model_name`` and freeze it into the anchor's folder (``anchor["model"]`` =
+        ``local-dir:<folder>``, or the folder of ``anchor["pretrained"]``); returns the held-out
+        zero-shot metrics."""
         import open_clip
 
         register_open_clip_configs()
-        with quiet_open_clip():
-            clip, _, preprocess = open_clip.create_model_and_transforms(anchor["model"], pretrained=None)
-            tokenizer = open_clip.get_tokenizer(anchor["model"])
+        with quiet_open_clip():  # single digits are padded onto the 28 x 56 canvas, not stretched
+            clip, _, preprocess = open_clip.create_model_and_transforms(self.model_name, pretrained=None,
+                                                                        image_resize_mode="longest")
+            tokenizer = open_clip.get_tokenizer(self.model_name)
         augment = v2.RandomAffine(degrees=self.rotate, translate=(self.translate,) * 2,
                                   scale=(1 - self.scale, 1 + self.scale)) if self.augment else None
         data = DigitsCaptionDataModule(DigitsConfig(root=self.root, mnist_test_from=self.mnist_test_from),
-                                       preprocess, tokenizer, self.batch_size, augment)
+                                       preprocess, tokenizer, self.batch_size, augment, self.composites)
         optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, betas=(0.9, 0.98), warmup_epochs=self.warmup_epochs)
         module = AnchorTrainingModule(clip, tokenizer, optim, CLASSNAMES, TEMPLATES)
         trainer = L.Trainer(max_epochs=self.epochs, accelerator="auto", devices=1, gradient_clip_val=1.0, logger=False,
@@ -147,15 +163,24 @@ class DigitsAnchorRecipe:
             raise KeyboardInterrupt("anchor training was interrupted; nothing was saved")
         log.info("\n%s", format_table({"image->text (anchor)": module.zero_shot},
                                       "Digits anchor: zero-shot on held-out MNIST (%)"))
-        dest = Path(str(anchor["pretrained"])).expanduser().parent
+        dest = anchor_folder(anchor)
         with atomic_folder(dest) as tmp:
-            write_open_clip_folder(clip.eval(), anchor["model"], tmp, module.zero_shot)
+            write_open_clip_folder(clip.eval(), self.model_name, tmp, module.zero_shot)
         log.info("anchor:  %s", dest)
-        metrics = {"anchor": anchor["model"], "zero_shot_mnist_heldout": module.zero_shot}
+        metrics = {"anchor": self.model_name, "zero_shot_mnist_heldout": module.zero_shot}
         if run_dir is not None:
             shutil.copytree(dest, Path(run_dir) / "anchor", dirs_exist_ok=True)
             write_metrics(Path(run_dir) / "metrics.json", metrics)
         return metrics
+
+
+def anchor_folder(anchor: Dict[str, Any]) -> Path:
+    """The folder an anchor built by a recipe lives in: ``local-dir:<folder>``, or the folder of
+    its ``pretrained`` checkpoint."""
+    model = str(anchor.get("model", ""))
+    if model.startswith("local-dir:"):
+        return Path(model[len("local-dir:"):]).expanduser()
+    return Path(str(anchor["pretrained"])).expanduser().parent
 
 
 def write_open_clip_folder(clip: Any, model_name: str, folder: Path, metrics: Dict[str, Any]) -> None:
