@@ -158,6 +158,7 @@ def register_configs() -> None:
     from binder.datasets.manifest import ManifestConfig
     from binder.evaluation import EvalConfig
     from binder.optim import OptimConfig
+    from binder.recipes.arithmetic import ArithmeticConfig
     from binder.recipes.digits_anchor import DigitsAnchorRecipe
     from binder.registry import get_modality, list_modalities
 
@@ -166,7 +167,8 @@ def register_configs() -> None:
     for group, name, node in (("anchor", "open_clip", OpenClipAnchorConfig), ("anchor_build", "digits", DigitsAnchorRecipe),
                               ("data", "digits", DigitsConfig),
                               ("data", "manifest", ManifestConfig), ("data", "llvip", LLVIPConfig),
-                              ("optim", "adamw", OptimConfig), ("eval", "zero_shot", EvalConfig)):
+                              ("optim", "adamw", OptimConfig), ("eval", "zero_shot", EvalConfig),
+                              ("arithmetic", "default", ArithmeticConfig)):
         cs.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)
     for name in list_modalities():
         spec = get_modality(name)

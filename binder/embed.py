@@ -140,6 +140,19 @@ def use(model: Any) -> Any:
     return model
 
 
+def default_model() -> Any:
+    """The model set by :func:`use`.
+
+    Raises:
+        NoDefaultModelError: :func:`use` was not called.
+    """
+    if _default_model is None:
+        raise NoDefaultModelError(
+            "binder has no default model: call binder.use('path/to/model') first "
+            "(a folder written by binder.save, e.g. a training run's outputs/.../model)")
+    return _default_model
+
+
 def embed(*, batch_size: int = 32, device: "str | torch.device | None" = None, sample_rate: Optional[float] = None,
           progress: bool = True, **inputs: Any) -> Dict[str, torch.Tensor]:
     """Embed raw inputs with the default model set by :func:`use`.
@@ -161,9 +174,5 @@ def embed(*, batch_size: int = 32, device: "str | torch.device | None" = None, s
         NoDefaultModelError: :func:`use` was not called.
         BinderInputError: a bad input, naming it.
     """
-    if _default_model is None:
-        raise NoDefaultModelError(
-            "binder.embed() has no default model: call binder.use('path/to/model') first "
-            "(a folder written by binder.save, e.g. a training run's outputs/.../model)")
-    return _default_model.embed(batch_size=batch_size, device=device, sample_rate=sample_rate, progress=progress,
+    return default_model().embed(batch_size=batch_size, device=device, sample_rate=sample_rate, progress=progress,
                                 **inputs)

@@ -50,6 +50,7 @@ def model_config(model: BindModel) -> Dict[str, Any]:
         "anchor": model.anchor.describe(),
         "anchor_fingerprint": model.anchor.fingerprint(),
         "modalities": {m: config_to_dict(cfg) for m, cfg in model.configs.items()},
+        "query_spreads": dict(model.query_spreads),
     }
 
 
@@ -197,7 +198,19 @@ def load_folder(path: "str | Path", device: "str | torch.device" = "cpu", verify
                              "the one this model was trained against (anchor_fingerprint differs): its weights changed")
     _check_state(model, state, weights)
     model.load_state_dict(state, strict=False)
+    model.query_spreads = _spreads(config, path)
     return model.to(device).eval()
+
+
+def _spreads(config: Dict[str, Any], path: Path) -> Dict[str, float]:
+    """The saved calibration of :meth:`BindModel.compose` (absent in older folders: none)."""
+    spreads = config.get("query_spreads", {})
+    ok = isinstance(spreads, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                           for v in spreads.values())
+    if not ok:
+        raise ModelLoadError(f"{str(path / CONFIG_NAME)!r}: key 'query_spreads' must map modality names to "
+                             f"positive numbers, got {spreads!r}")
+    return {str(k): float(v) for k, v in spreads.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,4 +301,7 @@ def merge(*models: "BindModel | str | Path", device: "str | torch.device" = "cpu
     merged = type(first)(first.anchor, {mod: cfg for m in loaded for mod, cfg in m.configs.items()})
     state = {k: v for m in loaded for k, v in m.state_dict().items() if not k.startswith("anchor.")}
     merged.load_state_dict(state, strict=False)
+    for m in loaded:  # each model's own bound modalities keep their calibration; image/text from the first
+        merged.query_spreads.update({k: v for k, v in m.query_spreads.items() if k in m.bound_modalities})
+    merged.query_spreads.update({k: v for k, v in first.query_spreads.items() if k not in merged.query_spreads})
     return merged.to(device).eval()

@@ -9,6 +9,7 @@ modality names are plain strings owned by :mod:`binder.registry`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -55,6 +56,7 @@ class BindModel(EmbedMixin, nn.Module):
         self.preprocessors: Dict[str, Any] = {}
         self.encoders = nn.ModuleDict()
         self.heads = nn.ModuleDict()
+        self.query_spreads: Dict[str, float] = {}  # per-modality calibration of compose (binder.arithmetic)
         for name, cfg in configs.items():
             self.add_modality(name, cfg)
 
@@ -126,6 +128,65 @@ class BindModel(EmbedMixin, nn.Module):
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> TensorDict:
         """``{modality: preprocessed tensor}`` -> ``{modality: (N, D) normalised embeddings}``."""
         return {modality_name(m): self.encode(modality_name(m), x) for m, x in inputs.items()}
+
+    def fingerprint(self, modality: str) -> str:
+        """SHA-256 naming the function that embeds ``modality``: the anchor's fingerprint for image
+        and text, the anchor's plus the encoder's and head's tensors for a bound modality."""
+        modality = modality_name(modality)
+        if modality in ANCHOR_MODALITIES:
+            return self.anchor.fingerprint()
+        if modality not in self.configs:
+            raise self._missing(modality)
+        digest = hashlib.sha256(self.anchor.fingerprint().encode())
+        for part in (self.encoders[modality], self.heads[modality]):
+            for name, value in sorted(part.state_dict().items()):
+                t = value.detach().cpu().contiguous()
+                digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
+
+    @torch.no_grad()
+    def calibrate(self, images: Any, batch_size: int = 64, **inputs: Any) -> Dict[str, float]:
+        """Measure how each modality's queries spread their similarities over ``images`` (raw
+        images: the anchor's image space) and keep the spreads for :meth:`compose`; saved with the
+        model. ``inputs``: ``modality=`` sample inputs (anything :meth:`embed` takes); image and
+        text included when given. Returns ``{modality: spread}``."""
+        if not inputs:
+            raise BinderInputError("calibrate() needs sample inputs per modality, e.g. audio=[...], image=[...]")
+        gallery = self.embed(image=images, batch_size=batch_size, progress=False)[IMAGE]
+        return self.calibrate_embeddings(gallery, self.embed(batch_size=batch_size, progress=False, **inputs))
+
+    def calibrate_embeddings(self, gallery: torch.Tensor, queries: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        """:meth:`calibrate` on embeddings: ``gallery`` (G, D) anchor image embeddings,
+        ``queries`` ``{modality: (Q, D)}``. An image query set that *is* the gallery is fine: each
+        image's similarity to itself is one value among G."""
+        from binder.arithmetic import measure_spread
+
+        spreads = {modality_name(m): measure_spread(z, gallery) for m, z in queries.items()}
+        for m in spreads:
+            if m not in self.modalities:
+                raise self._missing(m)
+        self.query_spreads.update(spreads)
+        return spreads
+
+    def compose(self, inputs: Mapping[str, Any], weights: Any = None, batch_size: int = 32,
+                sample_rate: Optional[float] = None) -> torch.Tensor:
+        """One query from several modalities (see :mod:`binder.arithmetic`): ``{modality: inputs}``
+        (anything :meth:`embed` takes; the same number per modality, or one) and contributions
+        ``weights`` (a list in the order of ``inputs`` or a dict; None: equal) -> (N, D) unit queries."""
+        from binder.arithmetic import check_weights, compose_embeddings, warn_uncalibrated
+
+        if not inputs:
+            raise BinderInputError("compose() needs a query: {'image': ..., 'audio': ...}")
+        names = [modality_name(m) for m in inputs]
+        check_weights(weights, names)  # before any embedding work
+        for m in names:
+            if m not in self.modalities:
+                raise self._missing(m)
+        warn_uncalibrated(self, names)
+        embedded = self.embed(batch_size=batch_size, sample_rate=sample_rate, progress=False,
+                              **dict(zip(names, inputs.values())))
+        return compose_embeddings(embedded, weights, self.query_spreads)
 
     def modality_parameters(self, modality: str) -> List[nn.Parameter]:
         """Trainable parameters of one bound modality's encoder and head."""
