@@ -22,6 +22,10 @@ EXAMPLES = """examples:
   binder train --help                              every config group and option of training
   binder download --root ~/data                    fetch MNIST + FSDD (the digits world)
   binder modalities                                the registered modalities, plugins included
+  binder index build --model M --modality image photos/ -o photos.idx
+  binder search photos.idx --model M --image q.png --audio q.wav --weights 0.5,0.5 -k 10
+  binder embed --model M --modality audio clips/ -o vectors.parquet
+  binder serve photos.idx --model M                a local search page
 """
 
 
@@ -63,11 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     mods = sub.add_parser("modalities", help="list the registered modalities (built-in and plugins)",
                           description="List the registered bound modalities: name, module, digits-world support.")
     mods.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'a*'")
+    from binder.index.cli import add_commands
+
+    RETRIEVAL.update(add_commands(sub))
     return parser
 
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace, List[str]], int]] = {
     "train": _train, "download": _download, "modalities": _modalities}
+RETRIEVAL: Dict[str, Callable[[argparse.Namespace], int]] = {}  # index build|add|delete|info, search, embed, serve
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -85,7 +93,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 1
-    return COMMANDS[args.command](args, [])
+    if args.command in COMMANDS:
+        return COMMANDS[args.command](args, [])
+    from binder.index.cli import run
+
+    name = f"index {args.index_command}" if args.command == "index" else args.command
+    return run(RETRIEVAL[name], args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pkgutil
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from binder.errors import BinderInputError
 from binder.types import ANCHOR_MODALITIES, modality_name
@@ -52,6 +52,8 @@ class ModalitySpec:
             digits world reads from recordings (audio: the spoken digits).
         config_file: Optional YAML of the ``modality/<name>`` Hydra config, for modalities whose
             config is not among binder's packaged configs (plugins).
+        extensions: File suffixes (lower-case, with the dot) that hold this modality, used when a
+            folder is indexed or embedded (``binder index build``); empty: every file.
     """
 
     name: str
@@ -63,6 +65,7 @@ class ModalitySpec:
     render: Optional[Ref] = None
     recordings: Optional[Ref] = None
     config_file: Optional[Union[str, Path]] = None
+    extensions: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         name = modality_name(self.name)

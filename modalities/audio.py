@@ -303,4 +303,5 @@ SPEC = register_modality(ModalitySpec(
     name="audio", config_cls=AudioConfig, preprocessor_cls=AudioPreprocessor, encoder_cls=AudioEncoder,
     augment_cls=AudioAugment, example_input=example_input,
     recordings="binder.datasets.fsdd:digits_recordings",  # the digits world: real spoken digits
+    extensions=(".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"),
 ))

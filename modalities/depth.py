@@ -210,4 +210,5 @@ SPEC = register_modality(ModalitySpec(
     name="depth", config_cls=DepthConfig, preprocessor_cls=DepthPreprocessor, encoder_cls=DepthEncoder,
     augment_cls=DepthAugment, example_input=example_input,
     render="binder.datasets.render_depth:render",  # the digits world: an embossed digit seen by a depth camera
+    extensions=(".npy", ".png", ".tif", ".tiff"),
 ))

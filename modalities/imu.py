@@ -417,4 +417,5 @@ SPEC = register_modality(ModalitySpec(
     name="imu", config_cls=IMUConfig, preprocessor_cls=IMUPreprocessor, encoder_cls=IMUEncoder,
     augment_cls=IMUAugment, example_input=example_input,
     render="binder.datasets.render_imu:render",  # the digits world: a pen in the air tracing the digit
+    extensions=(".csv", ".npy", ".npz"),
 ))

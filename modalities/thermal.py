@@ -158,4 +158,5 @@ SPEC = register_modality(ModalitySpec(
     name="thermal", config_cls=ThermalConfig, preprocessor_cls=ThermalPreprocessor, encoder_cls=ThermalEncoder,
     augment_cls=ThermalAugment, example_input=example_input,
     render="binder.datasets.render_thermal:render",  # the digits world: a warm digit seen by a thermal camera
+    extensions=(".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"),
 ))
