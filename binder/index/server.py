@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+from fastapi import Request  # at module level: FastAPI resolves the handlers' (string) annotations here
 
 from binder.errors import BinderError, BinderInputError
 from binder.index.html import STYLE, hits_html
@@ -96,8 +97,9 @@ def check_audio_upload(path: Path, name: str) -> None:
     try:
         data, _ = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises its own error types
+        reason = str(err).replace(str(path), name).splitlines()[0][:160]
         raise BinderInputError(f"the audio upload {name!r} is not a readable recording (WAV, FLAC, OGG or MP3): "
-                               f"{str(err).splitlines()[0][:120]}") from None
+                               f"{reason}") from None
     if not data.size:
         raise BinderInputError(f"the audio upload {name!r} is empty")
     if not np.isfinite(data).all() or float(np.abs(data).max()) < SILENCE:
@@ -141,7 +143,7 @@ class Searcher:
 
 def create_app(index: Any) -> Any:
     """The FastAPI app for an open index (with its model attached)."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
     app = FastAPI(title="binder search", docs_url=None, redoc_url=None)
