@@ -317,7 +317,8 @@ class Index:
                 self.backend.close()  # the old generation is intact on disk: reopen it
                 self.backend = open_backend(self.path, self.manifest, verify=False)
                 raise
-            self.backend.close()
+            if writer is not self.backend:  # faiss: a new generation replaces the old one
+                self.backend.close()
             self.manifest, self.backend = manifest, writer
             writer.drop_other_generations()
 
