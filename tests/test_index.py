@@ -272,3 +272,19 @@ def test_model_saved_and_loaded_keeps_its_fingerprints(model, index, tmp_path):
     assert loaded.fingerprint("audio") == model.fingerprint("audio")
     assert Index.open(index.path, loaded).search(text="x", k=1)
     shutil.rmtree(path)
+
+
+def test_an_index_of_another_embedding_size_is_refused(model, tmp_path, monkeypatch):
+    from binder.index.items import EmbedReport, Item
+
+    other = BindModel(model.anchor, {})
+    monkeypatch.setattr(other.anchor, "embed_dim", 64)  # a model whose space has 64 dimensions
+    vectors = np.eye(64, dtype=np.float32)[:5]
+    Index.from_embeddings(other, EmbedReport([Item(f"v{i}") for i in range(5)], vectors, []), "image", tmp_path / "s")
+    monkeypatch.undo()
+    with pytest.raises(BinderInputError, match="holds 64-d embeddings; this model makes 128-d ones"):
+        Index.open(tmp_path / "s", model)
+    idx = Index.open(tmp_path / "s")  # without a model: inspect, delete, search by vectors
+    assert len(idx) == 5 and idx.search_embeddings(vectors[2], k=1)[0][0].path == "v2"
+    with pytest.raises(BinderInputError, match="no model to embed queries"):
+        idx.search(text="x")

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from binder.errors import BinderInputError

@@ -15,14 +15,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from binder.errors import BinderInputError
 from binder.files import atomic_folder, atomic_write, recover
-from binder.index.items import EmbedReport, Item, embed_items, gather
+from binder.index.items import EmbedReport, embed_items, gather
 from binder.index.store import Where
 from binder.types import modality_name
 
@@ -369,9 +369,6 @@ class Index:
             out.append(Hits(Hit(int(i), float(s), rows[int(i)]["path"], _meta(rows[int(i)]))
                             for s, i in zip(s_row, i_row) if i >= 0 and int(i) in rows))
         return out
-
-    def __iter__(self) -> Iterator[Hit]:
-        raise TypeError("iterate over search results, not the index")
 
 
 def _meta(row: Mapping[str, Any]) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ import numbers
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Union
 
 import numpy as np
 
