@@ -189,9 +189,12 @@ def _packaged_modality_yaml(name: str) -> bool:
 
 def _register_resolvers() -> None:
     """``${binder_names:${modality}}`` -> "audio-depth" (run folder names);
-    ``${binder_csv:${benchmark.modalities}}`` -> "audio,depth" (sweep parameters)."""
+    ``${binder_csv:${benchmark.modalities}}`` -> "audio,depth" (sweep parameters);
+    ``${binder_first:${a},b}`` -> the first value that is not null (``oc.select`` keeps a null)."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("binder_names", lambda node: "-".join(node.keys()) if hasattr(node, "keys")
                                     else str(node), replace=True)
     OmegaConf.register_new_resolver("binder_csv", lambda items: ",".join(str(i) for i in items), replace=True)
+    OmegaConf.register_new_resolver("binder_first", lambda *values: next((v for v in values if v is not None), None),
+                                    replace=True)

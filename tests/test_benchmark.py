@@ -35,8 +35,11 @@ def tiny_benchmark(root: Path, *extra: str) -> list:
 
 def test_benchmark_multirun_writes_table_and_resumes(tiny_anchor, small_data_root, binder_cache, tmp_path):
     env = {"BINDER_CACHE": str(binder_cache), "BINDER_DATA": str(small_data_root)}
-    sweep = tmp_path / "sweep"
-    first = run_app(tiny_benchmark(small_data_root, f"hydra.sweep.dir={sweep}"), env)
+    (tmp_path / "first").mkdir()
+    first = run_app(tiny_benchmark(small_data_root), {**env, "CWD": str(tmp_path / "first")})
+    sweeps = list((tmp_path / "first" / "multirun").glob("*/*-five-modalities"))  # the default sweep folder
+    assert len(sweeps) == 1, sweeps
+    sweep = sweeps[0]
     for target in ("image", "text", "label"):  # one ordinary run folder per cell
         cell = sweep / f"audio-{target}"
         assert json.loads((cell / "status.json").read_text())["status"] == "completed"
@@ -56,11 +59,12 @@ def test_benchmark_multirun_writes_table_and_resumes(tiny_anchor, small_data_roo
 
     # Resuming reuses every finished cell: nothing is trained again, the table is the same.
     stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("audio-*/model/model.safetensors")}
-    again = run_app(tiny_benchmark(small_data_root, f"benchmark.resume={sweep}"), {**env, "CWD": str(tmp_path)})
+    (tmp_path / "second").mkdir()
+    again = run_app(tiny_benchmark(small_data_root, f"benchmark.resume={sweep}"), {**env, "CWD": str(tmp_path / "second")})
     assert (again.stdout + again.stderr).count("reused from") == 3
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((sweep / "table.json").read_text())["results"] == saved["results"]
-    assert not (tmp_path / "multirun").exists()  # the sweep ran in the resumed folder
+    assert not (tmp_path / "second" / "multirun").exists()  # the sweep ran in the resumed folder
 
 
 def test_supervised_experiment(compose, tiny_anchor, small_data_root, tmp_path):
