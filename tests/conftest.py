@@ -115,6 +115,15 @@ def random_anchor():
     return OpenClipAnchor(model="binder-digits")
 
 
+@pytest.fixture(scope="module")
+def audio_model(random_anchor):
+    """A BindModel with a random audio encoder on the random anchor, in eval mode (one per module)."""
+    from binder import BindModel
+
+    torch.manual_seed(1)
+    return BindModel(random_anchor, {"audio": {}}).eval()
+
+
 @pytest.fixture(scope="session")
 def anchor_file(random_anchor, tmp_path_factory) -> Path:
     """A local open_clip checkpoint of the random anchor (exercises anchor bundling)."""

@@ -25,9 +25,8 @@ def pattern_image(seed: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def model(random_anchor):
-    torch.manual_seed(1)
-    return BindModel(random_anchor, {"audio": {}}).eval()
+def model(audio_model):
+    return audio_model
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +75,23 @@ def test_build_from_manifest_keeps_metadata_and_searches_exactly(index, model, g
     order = (everything @ q[0]).argsort(descending=True)[:5].numpy()
     assert list(hits.ids) == list(order)
 
+
+
+def test_search_rows_from_memory_equal_the_sqlite_lookup(index, model, gallery, monkeypatch):
+    """A read-only generation answers result rows from columns held in memory; the same ids give
+    the same (path, metadata) as SQLite, missing ids are left out, and a new generation is read anew."""
+    import binder.index.store as store
+
+    ids = np.array([39, 3, 3, 12345, -1, 0])
+    cached = index.backend.store.hit_rows(ids)
+    assert index.backend.store._cache is not None and sorted(cached) == [0, 3, 39]
+    monkeypatch.setattr(store, "CACHE_ROWS", 0)
+    fresh = Index.open(index.path, model)
+    assert fresh.backend.store.hit_rows(ids) == cached and fresh.backend.store._cache is None
+    assert cached[3] == (str(gallery / "cats" / "img03.png"), {"n": 3, "kind": "cats", "weight": 0.3})
+    monkeypatch.undo()
+    index.delete([3])
+    assert 3 not in index.backend.store.hit_rows(ids) and 3 not in index.search(image=pattern_image(3), k=40).ids
 
 def _manifest_paths(gallery: Path):
     with open(gallery / "manifest.csv") as f:
@@ -200,26 +216,60 @@ def test_interrupted_writes_leave_the_index_intact(index, model, gallery, monkey
                                                             "vectors-1.faiss"]
 
 
-def test_hnsw_tombstones_filters_and_recall(model, tmp_path, monkeypatch):
+def _clustered(model, n: int, seed: int = 0):
+    """``n`` unit vectors around 20 centres, as embedded items with a ``bucket`` column."""
     from binder.index.items import EmbedReport, Item
 
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(20, model.anchor.embed_dim))
-    vectors = centres[rng.integers(20, size=3000)] + 0.3 * rng.normal(size=(3000, model.anchor.embed_dim))
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).normal(size=(20, model.anchor.embed_dim))
+    vectors = centres[rng.integers(20, size=n)] + 0.3 * rng.normal(size=(n, model.anchor.embed_dim))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    items = [Item(f"v{i}", {"bucket": i % 7}) for i in range(3000)]
-    monkeypatch.setattr(engine_module, "ANN_FROM", 1000)  # auto -> HNSW at this size
-    idx = Index.from_embeddings(model, EmbedReport(items, vectors, []), "image", tmp_path / "h")
-    assert idx.manifest["kind"] == "hnsw" and idx.manifest["ann_recall_at_10"] >= 0.9
-    hits = idx.search_embeddings(vectors[:50], k=10)
-    exact = np.argsort(-(vectors[:50] @ vectors.T), axis=1)[:, :10]
-    recall = np.mean([len(set(h.ids) & set(e)) / 10 for h, e in zip(hits, exact)])
-    assert recall >= 0.9
+    return EmbedReport([Item(f"v{seed}-{i}", {"bucket": i % 7}) for i in range(n)], vectors, [])
+
+
+def _recall(idx, queries, vectors):
+    hits = idx.search_embeddings(queries, k=10)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    return np.mean([len(set(h.ids) & set(e)) / 10 for h, e in zip(hits, exact)])
+
+
+def test_ivf_above_the_threshold_tuned_updated_and_retrained(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_module, "ANN_FROM", 1000)  # auto -> IVF at this size
+    report = _clustered(model, 3000)
+    idx = Index.from_embeddings(model, report, "image", tmp_path / "i")
+    engine = idx.backend.engine
+    assert idx.manifest["kind"] == "ivf" and engine.index.nlist == 60  # 3000 / 50 training vectors per list
+    assert idx.manifest["search_breadth"] == engine.breadth and idx.manifest["ann_recall_at_10"] >= 0.95
+    assert _recall(idx, report.vectors[:50], report.vectors) >= 0.95
+    idx.delete(list(range(0, 3000, 50)))  # removed from the lists at once
+    assert len(idx.backend.engine) == idx.backend.engine.index.ntotal == 2940 and not len(idx.backend.engine.tombstones)
+    found = np.concatenate([h.ids for h in idx.search_embeddings(report.vectors[:200:10], k=10)])
+    assert not set(found) & set(range(0, 3000, 50))
+    filtered = idx.search_embeddings(report.vectors[:5], k=10, where={"bucket": 3})
+    assert all(h.metadata["bucket"] == 3 for hs in filtered for h in hs) and all(len(hs) == 10 for hs in filtered)
+    monkeypatch.setattr(engine_module, "EXACT_SUBSET", 100)  # the same filter through the IVF selector
+    assert [list(h.ids) for h in idx.search_embeddings(report.vectors[:5], k=10, where={"bucket": 3})] == \
+        [list(h.ids) for h in filtered]
+    reopened = Index.open(idx.path, model)
+    assert reopened.backend.engine.breadth == idx.manifest["search_breadth"] and len(reopened) == 2940
+    more = _clustered(model, 9000, seed=1)  # four times the size: new lists, tuned again
+    reopened.add_embeddings(more)
+    assert reopened.backend.engine.index.nlist == 11940 // 50 and len(reopened) == 11940
+    assert reopened.manifest["search_breadth"] == reopened.backend.engine.breadth
+    assert reopened.search_embeddings(more.vectors[7], k=1)[0].ids[0] == 3000 + 7
+
+
+def test_hnsw_tombstones_filters_and_recall(model, tmp_path):
+    report = _clustered(model, 3000)
+    idx = Index.from_embeddings(model, report, "image", tmp_path / "h", kind="hnsw")
+    assert idx.manifest["kind"] == "hnsw" and idx.manifest["ann_recall_at_10"] >= 0.95
+    assert idx.manifest["search_breadth"] in engine_module.BREADTHS["hnsw"]
+    assert _recall(idx, report.vectors[:50], report.vectors) >= 0.9
     idx.delete(list(range(0, 3000, 50)))  # 60 tombstones, 2%: no rebuild yet
     assert idx.backend.engine.kind == "hnsw" and len(idx.backend.engine.tombstones) == 60
-    found = np.concatenate([h.ids for h in idx.search_embeddings(vectors[:200:10], k=10)])
+    found = np.concatenate([h.ids for h in idx.search_embeddings(report.vectors[:200:10], k=10)])
     assert not set(found) & set(range(0, 3000, 50))
-    filtered = idx.search_embeddings(vectors[:5], k=10, where={"bucket": 3})
+    filtered = idx.search_embeddings(report.vectors[:5], k=10, where={"bucket": 3})
     assert all(h.metadata["bucket"] == 3 for hs in filtered for h in hs) and all(len(hs) == 10 for hs in filtered)
     reopened = Index.open(idx.path, model)
     assert len(reopened) == 2940 and len(reopened.backend.engine.tombstones) == 60

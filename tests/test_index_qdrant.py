@@ -18,9 +18,8 @@ pytest.importorskip("qdrant_client")
 
 
 @pytest.fixture(scope="module")
-def model(random_anchor):
-    torch.manual_seed(1)
-    return BindModel(random_anchor, {"audio": {}}).eval()
+def model(audio_model):
+    return audio_model
 
 
 @pytest.fixture(scope="module")

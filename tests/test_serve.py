@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from PIL import Image
 
-from binder import BindModel
 from binder.index import Index
 from binder.index.server import create_app
 
@@ -60,9 +58,8 @@ def serve(index: Index):
 
 
 @pytest.fixture(scope="module")
-def model(random_anchor):
-    torch.manual_seed(1)
-    return BindModel(random_anchor, {"audio": {}}).eval()
+def model(audio_model):
+    return audio_model
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,10 +29,9 @@ from binder.types import modality_name
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION, MANIFEST = "binder-index", 1, "index.json"
-RECALL_QUERIES = 200
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     """One search result."""
 
@@ -190,7 +189,7 @@ class Index:
             modality: What the items are (``image``, ``audio``, ``text``, ...).
             path: The index folder.
             engine: ``faiss`` (embedded) or ``qdrant`` (``url=`` a cluster, or local mode).
-            kind: ``auto`` (exact below 100k items, HNSW above), ``flat`` or ``hnsw`` (faiss).
+            kind: ``auto`` (exact below 100k items, an inverted file above), ``flat``, ``ivf`` or ``hnsw`` (faiss).
             batch_size, num_workers: Bulk embedding (DataLoader) settings.
             progress: Show a progress bar.
             **engine_options: Backend options (qdrant: ``url``, ``api_key``, ``collection``).
@@ -225,7 +224,6 @@ class Index:
 
                 backend = LocalBackend.create(tmp, manifest["dim"], resolve_kind(kind, report.count))
                 backend.add(ids, report.vectors, rows)
-                manifest["ann_recall_at_10"] = ann_recall(backend.engine, report.vectors)
                 manifest.update(backend.finish(kind))
                 backend.close()
             elif engine == "qdrant":
@@ -274,7 +272,14 @@ class Index:
             progress: bool = True) -> IndexReport:
         """Embed more items and add them (new ids); the index on disk changes in one step."""
         model = self._model(model)
-        report = embed_items(model, self.modality, gather(items, self.modality), batch_size, num_workers, progress)
+        return self.add_embeddings(embed_items(model, self.modality, gather(items, self.modality), batch_size,
+                                               num_workers, progress))
+
+    def add_embeddings(self, report: EmbedReport) -> IndexReport:
+        """Add already-embedded items (``report``: items + (N, D) unit vectors from this index's model)."""
+        if report.count and report.vectors.shape != (report.count, self.dim):
+            raise BinderInputError(f"embeddings must be ({report.count}, {self.dim}) for this index, "
+                                   f"got {tuple(report.vectors.shape)}")
         ids = np.arange(self.manifest["next_id"], self.manifest["next_id"] + report.count, dtype=np.int64)
         if report.count:
             self._write(lambda w: w.add(ids, report.vectors, [it.row() for it in report.items]),
@@ -362,30 +367,7 @@ class Index:
             raise BinderInputError("queries hold NaN or infinite values")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise BinderInputError(f"k must be a positive integer, got {k!r}")
-        scores, ids = self.backend.search(q, int(k), where)
-        rows = self.backend.rows(np.unique(ids[ids >= 0]))
-        out = []
-        for s_row, i_row in zip(scores, ids):
-            out.append(Hits(Hit(int(i), float(s), rows[int(i)]["path"], _meta(rows[int(i)]))
-                            for s, i in zip(s_row, i_row) if i >= 0 and int(i) in rows))
-        return out
-
-
-def _meta(row: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in row.items() if k != "path" and v is not None}
-
-
-def ann_recall(engine: Any, vectors: np.ndarray, k: int = 10, seed: int = 0) -> Optional[float]:
-    """Recall@k of an approximate engine against exact search, on queries that are midpoints of
-    two random indexed vectors (a composed-query-like probe; self-matches would flatter it)."""
-    if engine.kind == "flat" or len(vectors) < 2 * k:
-        return None
-    rng = np.random.default_rng(seed)
-    a, b = rng.integers(len(vectors), size=(2, RECALL_QUERIES))
-    q = vectors[a] + vectors[b]
-    q /= np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)
-    exact = np.argpartition(-(q @ vectors.T), k - 1, axis=1)[:, :k]  # ids are 0..N-1 at build time
-    _, found = engine.search(q.astype(np.float32), k)
-    recall = np.mean([len(set(e) & set(f)) / k for e, f in zip(exact, found)])
-    log.info("ANN recall@%d against exact search: %.4f (%d probe queries)", k, recall, RECALL_QUERIES)
-    return float(recall)
+        scores, ids = self.backend.search(q, int(k), where)  # (N, k) each; id -1: no hit
+        found = self.backend.hit_rows(ids[ids >= 0])  # id -> (path, metadata)
+        return [Hits([Hit(i, s, found[i][0], dict(found[i][1])) for s, i in zip(s_row, i_row) if i in found])
+                for s_row, i_row in zip(scores.tolist(), ids.tolist())]

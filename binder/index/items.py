@@ -210,6 +210,20 @@ def preprocessor(model: Any, modality: str) -> Callable[[Any], torch.Tensor]:
     return model.preprocessors[modality]
 
 
+def _embed_batches(model: Any, modality: str, loader: DataLoader, show_progress: bool, items: Sequence[Item],
+                   order: List[int], parts: List[np.ndarray], skipped: List[Tuple[str, str]]) -> None:
+    """Embed the loader's batches, appending kept item indices, (b, D) vectors and skips in place."""
+    for idx, x, bad in progress(loader, f"embed {modality}", enabled=show_progress, unit="batch"):
+        skipped += [(items[i].path, reason) for i, reason in bad]
+        if x is None:
+            continue
+        z = model.encode(modality, x.to(model.device)).float().cpu()  # (b, D)
+        finite = torch.isfinite(z).all(-1)
+        skipped += [(items[i].path, "non-finite embedding") for i, ok in zip(idx, finite) if not ok]
+        order += [i for i, ok in zip(idx, finite) if ok]
+        parts.append(z[finite].numpy())
+
+
 @torch.no_grad()
 def embed_items(model: Any, modality: str, items: Sequence[Item], batch_size: int = 64, num_workers: int = 2,
                 show_progress: bool = True) -> EmbedReport:
@@ -228,15 +242,7 @@ def embed_items(model: Any, modality: str, items: Sequence[Item], batch_size: in
     parts: List[np.ndarray] = []
     skipped: List[Tuple[str, str]] = []
     try:
-        for idx, x, bad in progress(loader, f"embed {modality}", enabled=show_progress, unit="batch"):
-            skipped += [(items[i].path, reason) for i, reason in bad]
-            if x is None:
-                continue
-            z = model.encode(modality, x.to(model.device)).float().cpu()
-            finite = torch.isfinite(z).all(-1)
-            skipped += [(items[i].path, "non-finite embedding") for i, ok in zip(idx, finite) if not ok]
-            order += [i for i, ok in zip(idx, finite) if ok]
-            parts.append(z[finite].numpy())
+        _embed_batches(model, modality, loader, show_progress, items, order, parts, skipped)
     finally:
         model.train(was_training)
     vectors = np.concatenate(parts) if parts else np.zeros((0, model.anchor.embed_dim), dtype=np.float32)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -23,18 +22,11 @@ import numpy as np
 from binder.errors import BinderInputError
 from binder.index.engine import FaissEngine, resolve_kind
 from binder.index.store import MetadataStore, Where
+from binder.io import file_digest
 
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
-
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -72,7 +64,8 @@ class LocalBackend:
         generation = int(manifest.get("generation", 0))
         names = cls.file_names(generation)
         check_files(folder, manifest.get("files", {}), names, verify)
-        engine = FaissEngine.load(folder / names[0], manifest["kind"], int(manifest["dim"]))
+        engine = FaissEngine.load(folder / names[0], manifest["kind"], int(manifest["dim"]),
+                                  manifest.get("search_breadth"))
         store = MetadataStore(folder / names[1], readonly=True)
         backend = cls(folder, engine, store, generation)
         backend.engine.tombstones = np.setdiff1d(engine.ids(), store.all_ids()) if engine.kind == "hnsw" else \
@@ -89,6 +82,9 @@ class LocalBackend:
 
     def rows(self, ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
         return self.store.rows(ids)
+
+    def hit_rows(self, ids: Sequence[int]) -> Dict[int, Tuple[str, Dict[str, Any]]]:
+        return self.store.hit_rows(ids)
 
     def missing(self, ids: Sequence[int]) -> List[int]:
         return self.store.missing(ids)
@@ -129,12 +125,14 @@ class LocalBackend:
         self.engine.remove(np.asarray(ids, dtype=np.int64))
 
     def finish(self, requested_kind: str) -> Dict[str, Any]:
-        """Write this generation's files (rebuilding the graph when tombstones pile up or the size
-        crosses the ANN threshold) -> the ``index.json`` fields that describe them."""
+        """Write this generation's files (rebuilding the engine when tombstones pile up, an IVF index
+        outgrows its lists or the size crosses the ANN threshold; tuning a new one's search breadth)
+        -> the ``index.json`` fields that describe them."""
         kind = resolve_kind(requested_kind, len(self.engine)) if requested_kind == "auto" else self.engine.kind
         if kind != self.engine.kind or self.engine.needs_rebuild():
             log.info("rebuilding the %s index as %s (%d vectors)", self.engine.kind, kind, len(self.engine))
             self.engine = self.engine.rebuilt(kind)
+        tuned = self.engine.tune() if self.engine.breadth is None else {}  # a new or rebuilt engine
         self.store.commit()
         self.store.close()
         vec_name, meta_name = self.file_names(self.generation)
@@ -144,9 +142,9 @@ class LocalBackend:
         os.replace(tmp, self.folder / vec_name)
         _fsync(self.folder / meta_name)
         self.store = MetadataStore(self.folder / meta_name, readonly=True)
-        files = {n: {"size": (self.folder / n).stat().st_size, "sha256": digest(self.folder / n)}
+        files = {n: {"size": (self.folder / n).stat().st_size, "sha256": file_digest(self.folder / n)}
                  for n in (vec_name, meta_name)}
-        return {"engine": self.name, "kind": self.engine.kind, "generation": self.generation, "files": files}
+        return {"engine": self.name, "kind": self.engine.kind, "generation": self.generation, "files": files, **tuned}
 
     def drop_other_generations(self) -> None:
         """Remove files of generations other than this one (after ``index.json`` points here)."""
@@ -175,7 +173,7 @@ def check_files(folder: Path, files: Mapping[str, Any], names: Sequence[str], ve
         if path.stat().st_size != record.get("size"):
             raise BinderInputError(f"index {str(folder)!r} is damaged or half-written: {name} has "
                                    f"{path.stat().st_size} bytes, index.json says {record.get('size')}")
-        if verify and digest(path) != record.get("sha256"):
+        if verify and file_digest(path) != record.get("sha256"):
             raise BinderInputError(f"index {str(folder)!r} is damaged: {name} does not match its recorded SHA-256")
 
 

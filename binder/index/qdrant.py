@@ -168,6 +168,9 @@ class QdrantBackend:
                 out[int(rec.id)] = dict(rec.payload or {})
         return out
 
+    def hit_rows(self, ids: Sequence[int]) -> Dict[int, Tuple[str, Dict[str, Any]]]:
+        return {i: (row.pop("path"), {c: v for c, v in row.items() if v is not None}) for i, row in self.rows(ids).items()}
+
     def missing(self, ids: Sequence[int]) -> List[int]:
         present = self.rows(ids)
         return [int(i) for i in ids if int(i) not in present]

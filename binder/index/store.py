@@ -13,7 +13,7 @@ import numbers
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -23,6 +23,8 @@ Where = Union[None, str, Mapping[str, Any]]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]{0,63}$")
 RESERVED = ("id", "path")
+CACHE_ROWS = 1_000_000  # a read-only generation up to this size keeps its rows in memory for searches
+MMAP_BYTES = 1 << 30  # address space SQLite may map per connection (pages are shared with the OS cache)
 CHUNK = 900  # bound parameters per statement (below SQLite's oldest limit of 999)
 
 
@@ -60,9 +62,12 @@ class MetadataStore:
 
     def __init__(self, path: Path, readonly: bool = True) -> None:
         self.path = Path(path)
+        self.readonly = readonly
+        self._cache: Optional[_RowCache] = None
         uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
         try:
             self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self.db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")  # row lookups read mapped pages, not copies
             self.columns = self._columns()
         except sqlite3.DatabaseError as err:
             raise BinderInputError(f"index metadata {str(self.path)!r} is not a readable SQLite file: {err}") from None
@@ -114,16 +119,28 @@ class MetadataStore:
         return np.array([r[0] for r in self.db.execute("SELECT id FROM items ORDER BY id")], dtype=np.int64)
 
     def rows(self, ids: Iterable[int]) -> Dict[int, Dict[str, Any]]:
-        """``{id: {"path": ..., column: value}}`` for the ids that exist."""
-        wanted = sorted({int(i) for i in ids if int(i) >= 0})
-        out: Dict[int, Dict[str, Any]] = {}
-        names = list(self.columns)
+        """``{id: {"path": ..., column: value}}`` for the ids that exist (null columns left out)."""
+        return {i: {"path": path, **meta} for i, (path, meta) in self.hit_rows(ids).items()}
+
+    def hit_rows(self, ids: Iterable[int]) -> Dict[int, Tuple[str, Dict[str, Any]]]:
+        """``{id: (path, {column: value})}`` for the ids that exist, null columns left out (what a
+        search result carries). A read-only generation of at most ``CACHE_ROWS`` rows answers from
+        columns loaded once (it never changes: writers make the next generation)."""
+        wanted = np.unique(np.fromiter(ids, dtype=np.int64) if not isinstance(ids, np.ndarray) else ids.astype(np.int64))
+        wanted = wanted[wanted >= 0]
+        if self._cache is None and self.readonly and 0 < self.count() <= CACHE_ROWS:
+            self._cache = _RowCache(self.db, list(self.columns))
+        if self._cache is not None:
+            return self._cache.lookup(wanted)
+        out: Dict[int, Tuple[str, Dict[str, Any]]] = {}
+        names = list(self.columns)  # "id", "path", then the metadata columns
+        meta = names[2:]
+        wanted = wanted.tolist()
         for start in range(0, len(wanted), CHUNK):
             part = wanted[start : start + CHUNK]
             sql = f"SELECT {', '.join(map(_q, names))} FROM items WHERE id IN ({', '.join('?' * len(part))})"
-            for row in self.db.execute(sql, part):
-                record = dict(zip(names, row))
-                out[int(record.pop("id"))] = record
+            out.update({r[0]: (r[1], {c: v for c, v in zip(meta, r[2:]) if v is not None})
+                        for r in self.db.execute(sql, part)})
         return out
 
     def missing(self, ids: Sequence[int]) -> List[int]:
@@ -177,3 +194,21 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return None if math.isnan(value) else value
     return str(value)
+
+
+class _RowCache:
+    """The rows of an immutable generation as columns: sorted ids (an array), paths and one tuple
+    per metadata column (about 100 bytes a row with short paths)."""
+
+    def __init__(self, db: sqlite3.Connection, names: List[str]) -> None:
+        rows = db.execute(f"SELECT {', '.join(map(_q, names))} FROM items ORDER BY id").fetchall()
+        columns = list(zip(*rows))  # one tuple per column
+        self.ids = np.asarray(columns[0], dtype=np.int64)
+        self.paths = columns[1]
+        self.meta = list(zip(names[2:], columns[2:]))
+
+    def lookup(self, wanted: np.ndarray) -> Dict[int, Tuple[str, Dict[str, Any]]]:
+        pos = np.searchsorted(self.ids, wanted).clip(max=len(self.ids) - 1)
+        keep = self.ids[pos] == wanted
+        return {i: (self.paths[p], {c: col[p] for c, col in self.meta if col[p] is not None})
+                for i, p in zip(wanted[keep].tolist(), pos[keep].tolist())}
