@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import pickle
 import json
 import shutil
 from pathlib import Path
@@ -68,6 +69,9 @@ def test_build_from_manifest_keeps_metadata_and_searches_exactly(index, model, g
     assert hits[0].path == str(gallery / "cats" / "img07.png") and hits[0].metadata == {"n": 7, "kind": "cats",
                                                                                          "weight": 0.7}
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    hit_id, score, path, metadata = hits[0]  # a hit unpacks, pickles and prints
+    assert (hit_id, path) == (hits[0].id, hits[0].path) and pickle.loads(pickle.dumps(hits)) == hits
+    assert repr(hits[0]).startswith(f"Hit(id={hit_id}, score=")
     assert list(hits.scores) == sorted(hits.scores, reverse=True) and len(set(hits.ids)) == 5
     # Exact search: the same ranking as brute force over every embedding.
     q = model.embed(image=[str(gallery / "cats" / "img07.png")])["image"]

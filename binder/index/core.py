@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -31,14 +32,26 @@ log = logging.getLogger(__name__)
 FORMAT, VERSION, MANIFEST = "binder-index", 1, "index.json"
 
 
-@dataclass(slots=True)
-class Hit:
-    """One search result."""
+class Hit(tuple):
+    """One search result: ``id``, ``score``, ``path``, ``metadata`` (also unpacks as that tuple;
+    a tuple because a search makes thousands of them and a tuple is the cheapest to make)."""
 
-    id: int
-    score: float
-    path: str
-    metadata: Dict[str, Any]
+    __slots__ = ()
+    _fields = ("id", "score", "path", "metadata")
+
+    def __new__(cls, id: int, score: float, path: str, metadata: Dict[str, Any]) -> "Hit":
+        return tuple.__new__(cls, (id, score, path, metadata))
+
+    id = property(itemgetter(0), doc="The item's id in the index.")
+    score = property(itemgetter(1), doc="Cosine similarity to the query.")
+    path = property(itemgetter(2), doc="The item's path (or text).")
+    metadata = property(itemgetter(3), doc="The item's metadata columns (nulls left out).")
+
+    def __getnewargs__(self) -> tuple:  # pickling (e.g. to DataLoader workers or other processes)
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return f"Hit(id={self[0]}, score={self[1]:.4f}, path={self[2]!r}, metadata={self[3]!r})"
 
 
 class Hits(List[Hit]):
@@ -363,11 +376,12 @@ class Index:
         q = q[None] if q.ndim == 1 else q
         if q.ndim != 2 or q.shape[1] != self.dim or not len(q):
             raise BinderInputError(f"queries must be (N, {self.dim}) for this index, got {q.shape}")
-        if not np.isfinite(q).all():
+        if not np.isfinite(q.sum()):  # NaN or inf anywhere (or values too large for unit vectors)
             raise BinderInputError("queries hold NaN or infinite values")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise BinderInputError(f"k must be a positive integer, got {k!r}")
         scores, ids = self.backend.search(q, int(k), where)  # (N, k) each; id -1: no hit
         found = self.backend.hit_rows(ids[ids >= 0])  # id -> (path, metadata)
-        return [Hits([Hit(i, s, found[i][0], dict(found[i][1])) for s, i in zip(s_row, i_row) if i in found])
+        new = tuple.__new__  # Hit's own constructor, without a Python-level call per hit
+        return [Hits([new(Hit, (i, s, found[i][0], dict(found[i][1]))) for s, i in zip(s_row, i_row) if i in found])
                 for s_row, i_row in zip(scores.tolist(), ids.tolist())]

@@ -208,7 +208,7 @@ class _RowCache:
         self.meta = list(zip(names[2:], columns[2:]))
 
     def lookup(self, wanted: np.ndarray) -> Dict[int, Tuple[str, Dict[str, Any]]]:
-        pos = np.searchsorted(self.ids, wanted).clip(max=len(self.ids) - 1)
+        pos = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
         keep = self.ids[pos] == wanted
         return {i: (self.paths[p], {c: col[p] for c, col in self.meta if col[p] is not None})
                 for i, p in zip(wanted[keep].tolist(), pos[keep].tolist())}
