@@ -84,11 +84,18 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
 
 
-def timed_queries(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple:
+def timed_batches(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple:
+    """``search`` over ``queries`` in batches of ``BATCH`` after a warm-up -> (its outputs, queries/s)."""
     search(queries[:BATCH])  # warm-up
     start = time.perf_counter()
-    found = np.concatenate([search(queries[s : s + BATCH]) for s in range(0, len(queries), BATCH)])
-    return found, len(queries) / (time.perf_counter() - start)
+    out = [search(queries[s : s + BATCH]) for s in range(0, len(queries), BATCH)]
+    return out, len(queries) / (time.perf_counter() - start)
+
+
+def timed_queries(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple:
+    """``search`` returns (B, k) ids -> (all ids (Q, k), queries/s)."""
+    out, qps = timed_batches(search, queries)
+    return np.concatenate(out), qps
 
 
 def measure(rows: List[Dict[str, Any]], w: Workload, search: Callable[[np.ndarray], np.ndarray], limit: int = 0,
@@ -204,9 +211,9 @@ def run_binder(w: Workload, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         for _ in range(3):  # interleaved rounds, the best of each (the same treatment for both)
             raw_found, qps = timed_queries(lambda q: engine.index.search(q, K, params=params)[1], w.queries)
             raw_qps = max(raw_qps, qps)
-            hits_found, qps = timed_queries(lambda q: np.array([h.ids for h in idx.search_embeddings(q, k=K)]),
-                                            w.queries)
+            results, qps = timed_batches(lambda q: idx.search_embeddings(q, k=K), w.queries)  # lists of Hits
             binder_qps = max(binder_qps, qps)
+            hits_found = np.array([hits.ids for batch in results for hits in batch])  # after the clock stops
         m = idx.manifest
         result = {"kind": m["kind"], "search_breadth": m["search_breadth"], "build_s": build,
                   "recorded_recall_midpoints": m["ann_recall_at_10"], "raw_qps": raw_qps, "binder_qps": binder_qps,

@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -24,51 +23,13 @@ import torch
 from binder.errors import BinderInputError
 from binder.files import atomic_folder, atomic_write, recover
 from binder.index.items import EmbedReport, embed_items, gather
+from binder.index.hits import Hits, hits_from_rows
 from binder.index.store import Where
 from binder.types import modality_name
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION, MANIFEST = "binder-index", 1, "index.json"
-
-
-class Hit(tuple):
-    """One search result: ``id``, ``score``, ``path``, ``metadata`` (also unpacks as that tuple;
-    a tuple because a search makes thousands of them and a tuple is the cheapest to make)."""
-
-    __slots__ = ()
-    _fields = ("id", "score", "path", "metadata")
-
-    def __new__(cls, id: int, score: float, path: str, metadata: Dict[str, Any]) -> "Hit":
-        return tuple.__new__(cls, (id, score, path, metadata))
-
-    id = property(itemgetter(0), doc="The item's id in the index.")
-    score = property(itemgetter(1), doc="Cosine similarity to the query.")
-    path = property(itemgetter(2), doc="The item's path (or text).")
-    metadata = property(itemgetter(3), doc="The item's metadata columns (nulls left out).")
-
-    def __getnewargs__(self) -> tuple:  # pickling (e.g. to DataLoader workers or other processes)
-        return tuple(self)
-
-    def __repr__(self) -> str:
-        return f"Hit(id={self[0]}, score={self[1]:.4f}, path={self[2]!r}, metadata={self[3]!r})"
-
-
-class Hits(List[Hit]):
-    """The hits of one query, best first, with ``ids`` and ``scores`` as arrays."""
-
-    @property
-    def ids(self) -> np.ndarray:
-        return np.array([h.id for h in self], dtype=np.int64)
-
-    @property
-    def scores(self) -> np.ndarray:
-        return np.array([h.score for h in self], dtype=np.float32)
-
-    def to_records(self) -> List[Dict[str, Any]]:
-        """JSON-able ``[{"rank", "id", "score", "path", "metadata"}]``."""
-        return [{"rank": r, "id": h.id, "score": round(h.score, 6), "path": h.path, "metadata": h.metadata}
-                for r, h in enumerate(self, 1)]
 
 
 @dataclass
@@ -381,7 +342,6 @@ class Index:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise BinderInputError(f"k must be a positive integer, got {k!r}")
         scores, ids = self.backend.search(q, int(k), where)  # (N, k) each; id -1: no hit
-        found = self.backend.hit_rows(ids[ids >= 0])  # id -> (path, metadata)
-        new = tuple.__new__  # Hit's own constructor, without a Python-level call per hit
-        return [Hits([new(Hit, (i, s, found[i][0], dict(found[i][1]))) for s, i in zip(s_row, i_row) if i in found])
-                for s_row, i_row in zip(scores.tolist(), ids.tolist())]
+        if hasattr(self.backend, "hits"):  # a backend that makes result objects itself (faster)
+            return self.backend.hits(scores, ids)
+        return hits_from_rows(scores, ids, self.backend.hit_rows(ids[ids >= 0]))

@@ -83,8 +83,11 @@ class LocalBackend:
     def rows(self, ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
         return self.store.rows(ids)
 
-    def hit_rows(self, ids: Sequence[int]) -> Dict[int, Tuple[str, Dict[str, Any]]]:
+    def hit_rows(self, ids: Sequence[int]) -> Dict[int, Tuple[str, Mapping[str, Any]]]:
         return self.store.hit_rows(ids)
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> List[Any]:
+        return self.store.hits(scores, ids)
 
     def missing(self, ids: Sequence[int]) -> List[int]:
         return self.store.missing(ids)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -168,8 +169,9 @@ class QdrantBackend:
                 out[int(rec.id)] = dict(rec.payload or {})
         return out
 
-    def hit_rows(self, ids: Sequence[int]) -> Dict[int, Tuple[str, Dict[str, Any]]]:
-        return {i: (row.pop("path"), {c: v for c, v in row.items() if v is not None}) for i, row in self.rows(ids).items()}
+    def hit_rows(self, ids: Sequence[int]) -> Dict[int, Tuple[str, Mapping[str, Any]]]:
+        return {i: (row.pop("path"), MappingProxyType({c: v for c, v in row.items() if v is not None}))
+                for i, row in self.rows(ids).items()}
 
     def missing(self, ids: Sequence[int]) -> List[int]:
         present = self.rows(ids)

@@ -12,12 +12,14 @@ import math
 import numbers
 import re
 import sqlite3
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from binder.errors import BinderInputError
+from binder.index.hits import Hit, Hits, hits_from_rows
 
 Where = Union[None, str, Mapping[str, Any]]
 
@@ -122,26 +124,36 @@ class MetadataStore:
         """``{id: {"path": ..., column: value}}`` for the ids that exist (null columns left out)."""
         return {i: {"path": path, **meta} for i, (path, meta) in self.hit_rows(ids).items()}
 
-    def hit_rows(self, ids: Iterable[int]) -> Dict[int, Tuple[str, Dict[str, Any]]]:
-        """``{id: (path, {column: value})}`` for the ids that exist, null columns left out (what a
-        search result carries). A read-only generation of at most ``CACHE_ROWS`` rows answers from
-        columns loaded once (it never changes: writers make the next generation)."""
+    def hit_rows(self, ids: Iterable[int]) -> Dict[int, Tuple[str, Mapping[str, Any]]]:
+        """``{id: (path, read-only {column: value})}`` for the ids that exist, null columns left out
+        (what a search result carries), from memory when :meth:`row_cache` holds the rows."""
         wanted = np.unique(np.fromiter(ids, dtype=np.int64) if not isinstance(ids, np.ndarray) else ids.astype(np.int64))
         wanted = wanted[wanted >= 0]
-        if self._cache is None and self.readonly and 0 < self.count() <= CACHE_ROWS:
-            self._cache = _RowCache(self.db, list(self.columns))
-        if self._cache is not None:
+        if self.row_cache() is not None:
             return self._cache.lookup(wanted)
-        out: Dict[int, Tuple[str, Dict[str, Any]]] = {}
+        out: Dict[int, Tuple[str, Mapping[str, Any]]] = {}
         names = list(self.columns)  # "id", "path", then the metadata columns
         meta = names[2:]
         wanted = wanted.tolist()
         for start in range(0, len(wanted), CHUNK):
             part = wanted[start : start + CHUNK]
             sql = f"SELECT {', '.join(map(_q, names))} FROM items WHERE id IN ({', '.join('?' * len(part))})"
-            out.update({r[0]: (r[1], {c: v for c, v in zip(meta, r[2:]) if v is not None})
-                        for r in self.db.execute(sql, part)})
+            out.update({r[0]: (r[1], _frozen(zip(meta, r[2:]))) for r in self.db.execute(sql, part)})
         return out
+
+    def row_cache(self) -> Optional["_RowCache"]:
+        """The rows in memory, loaded at the first call, for a read-only generation of at most
+        ``CACHE_ROWS`` rows (it never changes: writers make the next generation); else None."""
+        if self._cache is None and self.readonly and 0 < self.count() <= CACHE_ROWS:
+            self._cache = _RowCache(self.db, list(self.columns))
+        return self._cache
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> List[Hits]:
+        """One :class:`Hits` per query from engine output (scores, ids: (N, k); id -1 = no hit)."""
+        cache = self.row_cache()
+        if cache is not None:
+            return cache.hits(scores, ids)
+        return hits_from_rows(scores, ids, self.hit_rows(ids[ids >= 0]))
 
     def missing(self, ids: Sequence[int]) -> List[int]:
         """The ids of ``ids`` that are not in the table."""
@@ -197,18 +209,37 @@ def _plain(value: Any) -> Any:
 
 
 class _RowCache:
-    """The rows of an immutable generation as columns: sorted ids (an array), paths and one tuple
-    per metadata column (about 100 bytes a row with short paths)."""
+    """The rows of an immutable generation in memory: sorted ids (an array), paths, and each row's
+    metadata as a read-only mapping, made once and shared by every hit of that row (about 300
+    bytes a row: a few percent of the row's vector)."""
 
     def __init__(self, db: sqlite3.Connection, names: List[str]) -> None:
         rows = db.execute(f"SELECT {', '.join(map(_q, names))} FROM items ORDER BY id").fetchall()
-        columns = list(zip(*rows))  # one tuple per column
-        self.ids = np.asarray(columns[0], dtype=np.int64)
-        self.paths = columns[1]
-        self.meta = list(zip(names[2:], columns[2:]))
+        self.ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self.paths = [r[1] for r in rows]
+        meta = names[2:]
+        self.meta = [_frozen(zip(meta, r[2:])) for r in rows] if meta else [EMPTY] * len(rows)
 
-    def lookup(self, wanted: np.ndarray) -> Dict[int, Tuple[str, Dict[str, Any]]]:
-        pos = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
-        keep = self.ids[pos] == wanted
-        return {i: (self.paths[p], {c: col[p] for c, col in self.meta if col[p] is not None})
-                for i, p in zip(wanted[keep].tolist(), pos[keep].tolist())}
+    def positions(self, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Row positions of ``ids`` (any shape) and whether each id is there."""
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return pos, self.ids[pos] == ids
+
+    def lookup(self, wanted: np.ndarray) -> Dict[int, Tuple[str, Mapping[str, Any]]]:
+        pos, keep = self.positions(wanted)
+        return {i: (self.paths[p], self.meta[p]) for i, p in zip(wanted[keep].tolist(), pos[keep].tolist())}
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> List[Hits]:
+        """Result objects straight from the columns (no per-hit records or dicts)."""
+        pos, keep = self.positions(ids)  # (N, k) each
+        new, paths, meta = tuple.__new__, self.paths, self.meta
+        return [Hits([new(Hit, (i, s, paths[p], meta[p])) for s, i, p, ok in zip(s_row, i_row, p_row, k_row) if ok])
+                for s_row, i_row, p_row, k_row in zip(scores.tolist(), ids.tolist(), pos.tolist(), keep.tolist())]
+
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _frozen(pairs: Iterable[Tuple[str, Any]]) -> Mapping[str, Any]:
+    """A read-only mapping of the non-null (column, value) pairs."""
+    return MappingProxyType({c: v for c, v in pairs if v is not None})
