@@ -7,32 +7,44 @@ hit is a tuple with named properties: the cheapest Python object to make in bulk
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 
 
 class Hit(tuple):
-    """One search result: ``id``, ``score``, ``path``, ``metadata`` (it also unpacks as that tuple).
+    """One search result: ``id``, ``score``, ``path``, ``metadata`` (it also unpacks as those four).
     ``metadata`` is a read-only mapping (compare it with a dict, or ``dict(hit.metadata)``),
-    shared by every hit of the same item."""
+    shared by every hit of the same item. Stored as ``(id, score, (path, metadata))``: a search
+    makes thousands of hits, and this is the least a hit can hold."""
 
     __slots__ = ()
     _fields = ("id", "score", "path", "metadata")
 
     def __new__(cls, id: int, score: float, path: str, metadata: Mapping[str, Any]) -> "Hit":
-        return tuple.__new__(cls, (id, score, path, metadata))
+        return tuple.__new__(cls, (id, score, (path, metadata)))
 
     id = property(itemgetter(0), doc="The item's id in the index.")
     score = property(itemgetter(1), doc="Cosine similarity to the query.")
-    path = property(itemgetter(2), doc="The item's path (or text).")
-    metadata = property(itemgetter(3), doc="The item's metadata columns, read-only (nulls left out).")
+
+    @property
+    def path(self) -> str:
+        """The item's path (or text)."""
+        return self[2][0]
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The item's metadata columns, read-only (nulls left out)."""
+        return self[2][1]
+
+    def __iter__(self) -> Iterator[Any]:  # unpacking: id, score, path, metadata
+        return iter((self[0], self[1], *self[2]))
 
     def __reduce__(self) -> tuple:  # pickling and copying: the metadata travels as a plain dict
-        return Hit, (self[0], self[1], self[2], dict(self[3]))
+        return Hit, (self[0], self[1], self[2][0], dict(self[2][1]))
 
     def __repr__(self) -> str:
-        return f"Hit(id={self[0]}, score={self[1]:.4f}, path={self[2]!r}, metadata={self[3]!r})"
+        return f"Hit(id={self[0]}, score={self[1]:.4f}, path={self.path!r}, metadata={dict(self.metadata)!r})"
 
 
 class Hits(List[Hit]):
@@ -56,5 +68,5 @@ def hits_from_rows(scores: np.ndarray, ids: np.ndarray, rows: Mapping[int, Tuple
     """One :class:`Hits` per query from engine output (scores, ids: (N, k); id -1 = no hit) and
     ``{id: (path, metadata)}``; ids missing from ``rows`` are left out."""
     new = tuple.__new__  # Hit's constructor without a Python-level call per hit
-    return [Hits([new(Hit, (i, s) + rows[i]) for s, i in zip(s_row, i_row) if i in rows])
+    return [Hits([new(Hit, (i, s, rows[i])) for s, i in zip(s_row, i_row) if i in rows])
             for s_row, i_row in zip(scores.tolist(), ids.tolist())]

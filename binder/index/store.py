@@ -8,13 +8,15 @@ connection so it can only read.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import numbers
 import re
 import sqlite3
 from types import MappingProxyType
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -209,32 +211,51 @@ def _plain(value: Any) -> Any:
 
 
 class _RowCache:
-    """The rows of an immutable generation in memory: sorted ids (an array), paths, and each row's
-    metadata as a read-only mapping, made once and shared by every hit of that row (about 300
-    bytes a row: a few percent of the row's vector)."""
+    """The rows of an immutable generation in memory: a position table by id, and per row a
+    ``(path, metadata)`` pair whose metadata is a read-only mapping made once and shared by every
+    hit of that row (about 300 bytes a row: a few percent of the row's vector)."""
 
     def __init__(self, db: sqlite3.Connection, names: List[str]) -> None:
         rows = db.execute(f"SELECT {', '.join(map(_q, names))} FROM items ORDER BY id").fetchall()
-        self.ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        self.paths = [r[1] for r in rows]
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self.position = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)  # id -> row, -1: none
+        self.position[ids] = np.arange(len(ids))
         meta = names[2:]
-        self.meta = [_frozen(zip(meta, r[2:])) for r in rows] if meta else [EMPTY] * len(rows)
+        self.rows = [(r[1], _frozen(zip(meta, r[2:])) if meta else EMPTY) for r in rows]
 
     def positions(self, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Row positions of ``ids`` (any shape) and whether each id is there."""
-        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        return pos, self.ids[pos] == ids
+        inside = (ids >= 0) & (ids < len(self.position))
+        pos = self.position[np.where(inside, ids, 0)]
+        return pos, inside & (pos >= 0)
 
     def lookup(self, wanted: np.ndarray) -> Dict[int, Tuple[str, Mapping[str, Any]]]:
         pos, keep = self.positions(wanted)
-        return {i: (self.paths[p], self.meta[p]) for i, p in zip(wanted[keep].tolist(), pos[keep].tolist())}
+        return {i: self.rows[p] for i, p in zip(wanted[keep].tolist(), pos[keep].tolist())}
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> List[Hits]:
-        """Result objects straight from the columns (no per-hit records or dicts)."""
+        """Result objects straight from the rows (no per-hit records or dicts)."""
         pos, keep = self.positions(ids)  # (N, k) each
-        new, paths, meta = tuple.__new__, self.paths, self.meta
-        return [Hits([new(Hit, (i, s, paths[p], meta[p])) for s, i, p, ok in zip(s_row, i_row, p_row, k_row) if ok])
-                for s_row, i_row, p_row, k_row in zip(scores.tolist(), ids.tolist(), pos.tolist(), keep.tolist())]
+        new, rows = tuple.__new__, self.rows
+        with _no_cycle_collection():  # thousands of acyclic tuples: nothing for the collector to find
+            if keep.all():  # the usual case: every slot holds a hit
+                return [Hits([new(Hit, (i, s, rows[p])) for s, i, p in zip(s_row, i_row, p_row)])
+                        for s_row, i_row, p_row in zip(scores.tolist(), ids.tolist(), pos.tolist())]
+            return [Hits([new(Hit, (i, s, rows[p])) for s, i, p, ok in zip(s_row, i_row, p_row, k_row) if ok])
+                    for s_row, i_row, p_row, k_row in zip(scores.tolist(), ids.tolist(), pos.tolist(), keep.tolist())]
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Pause Python's cycle collector (not reference counting) while making many acyclic objects;
+    it would otherwise walk them every 700 allocations. Restored as it was, also on error."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
