@@ -121,11 +121,16 @@ def run_faiss(w: Workload, rows: List[Dict[str, Any]]) -> None:
 
     faiss.omp_set_num_threads(1)
     d = w.base.shape[1]
-    t = time.perf_counter(); flat = faiss.IndexFlatIP(d); flat.add(w.base); bt = time.perf_counter() - t
+    t = time.perf_counter()
+    flat = faiss.IndexFlatIP(d)
+    flat.add(w.base)
+    bt = time.perf_counter() - t
     measure(rows, w, lambda q: flat.search(q, K)[1], engine="faiss", setting="flat (exact)", build_s=bt)
     for m, efc in ((32, 40), (32, 80)):
         t = time.perf_counter()
-        h = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT); h.hnsw.efConstruction = efc; h.add(w.base)
+        h = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+        h.hnsw.efConstruction = efc
+        h.add(w.base)
         bt = time.perf_counter() - t
         for ef in (16, 32, 64, 128, 256):
             h.hnsw.efSearch = ef
@@ -221,9 +226,9 @@ def run_binder(w: Workload, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
                   "binder_recall": recall(hits_found, w.truth),
                   "index_bytes": sum(p.stat().st_size for p in folder.iterdir())}
         breadth = {"ivf": "nprobe", "hnsw": "efSearch"}.get(m["kind"])
-        setting = f"default ({m['kind']}, tuned {breadth}={m['search_breadth']})" if breadth else f"default ({m['kind']})"
-        row = measure(rows, w, lambda q: np.array([h.ids for h in idx.search_embeddings(q, k=K)]), engine="binder.Index",
-                      setting=setting, build_s=build)
+        setting = f"default ({m['kind']}" + (f", tuned {breadth}={m['search_breadth']})" if breadth else ")")
+        row = measure(rows, w, lambda q: np.array([h.ids for h in idx.search_embeddings(q, k=K)]),
+                      engine="binder.Index", setting=setting, build_s=build)
         row["qps"] = binder_qps  # the best of the interleaved rounds above
         idx.close()
         return result

@@ -158,7 +158,8 @@ def test_arithmetic_experiment_writes_its_report(compose, model, small_data_root
                    f"arithmetic.out={tmp_path / 'bench'}", f"run_dir={tmp_path / 'run'}"])
     result = train(cfg)
     assert result["gallery"] == 90 and result["queries"] == 90
-    assert set(result["rows"]) == {"image + audio (composed)", "image only", "audio only", "image + audio (uncalibrated)"}
+    assert set(result["rows"]) == {"image + audio (composed)", "image only", "audio only",
+                                   "image + audio (uncalibrated)"}
     assert all(0 <= r["precision"] <= 1 for r in result["rows"].values())
     assert len(result["sweep"]["calibrated"]) == 3 and set(result["query_spreads"]) >= {"image", "audio"}
     for folder in (tmp_path / "run", tmp_path / "bench"):

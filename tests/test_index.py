@@ -277,7 +277,8 @@ def test_hnsw_tombstones_filters_and_recall(model, tmp_path):
     assert all(h.metadata["bucket"] == 3 for hs in filtered for h in hs) and all(len(hs) == 10 for hs in filtered)
     reopened = Index.open(idx.path, model)
     assert len(reopened) == 2940 and len(reopened.backend.engine.tombstones) == 60
-    reopened.delete(sorted(set(range(1, 1000, 3)) - set(range(0, 3000, 50))))  # over a tenth: the graph is rebuilt without them
+    # over a tenth: the graph is rebuilt without them
+    reopened.delete(sorted(set(range(1, 1000, 3)) - set(range(0, 3000, 50))))
     assert len(reopened.backend.engine.tombstones) == 0 and reopened.backend.engine.index.ntotal == len(reopened)
 
 

@@ -66,7 +66,8 @@ def test_build_search_delete_from_the_command_line(capsys, model_dir, photos, tm
 
 def test_search_errors_are_one_line(capsys, model_dir, photos, tmp_path):
     idx = tmp_path / "i"
-    run(capsys, "index", "build", "--model", model_dir, photos / "p1.png", photos / "p2.png", "-o", idx, "--workers", "0")
+    run(capsys, "index", "build", "--model", model_dir, photos / "p1.png", photos / "p2.png", "-o", idx,
+        "--workers", "0")
     for argv, message in (
         (["search", idx, "--model", model_dir], "give a query"),
         (["search", idx, "--model", model_dir, "--text", "a", "--weights", "1,2"], "2 weight(s)"),
@@ -99,6 +100,7 @@ def test_embed_writes_parquet(capsys, model_dir, data_root, tmp_path):
 
 
 def test_console_script_help_lists_the_commands():
-    out = subprocess.run([sys.executable, "-m", "binder.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "binder.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     for command in ("index", "search", "embed", "serve"):
         assert command in out

@@ -164,7 +164,8 @@ def add_commands(sub: Any) -> Dict[str, Callable[[argparse.Namespace], int]]:
     build.add_argument("-o", "--output", required=True, help="the index folder to write")
     build.add_argument("--engine", default="faiss", choices=["faiss", "qdrant"])
     build.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"],
-                       help="faiss: exact (flat), an inverted file (ivf), HNSW, or auto (exact below 100k items, ivf above)")
+                       help="faiss: exact (flat), an inverted file (ivf), HNSW, or auto (exact below 100k items, "
+                            "ivf above)")
     build.add_argument("--url", help="qdrant: the server or cluster URL (default: local mode in the index folder)")
     build.add_argument("--collection", help="qdrant: the collection name")
     _bulk_options(build)

@@ -197,7 +197,8 @@ class FaissEngine:
 
     # ----- search -----------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, allowed: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int,
+               allowed: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Top ``k`` by inner product -> (scores (N, k), ids (N, k)); missing hits are id -1.
 
         Args:

@@ -64,7 +64,8 @@ class Hits(List[Hit]):
                 for r, h in enumerate(self, 1)]
 
 
-def hits_from_rows(scores: np.ndarray, ids: np.ndarray, rows: Mapping[int, Tuple[str, Mapping[str, Any]]]) -> List[Hits]:
+def hits_from_rows(scores: np.ndarray, ids: np.ndarray,
+                   rows: Mapping[int, Tuple[str, Mapping[str, Any]]]) -> List[Hits]:
     """One :class:`Hits` per query from engine output (scores, ids: (N, k); id -1 = no hit) and
     ``{id: (path, metadata)}``; ids missing from ``rows`` are left out."""
     new = tuple.__new__  # Hit's constructor without a Python-level call per hit

@@ -78,7 +78,7 @@ def gather(sources: "str | os.PathLike | Iterable[Any]", modality: str) -> List[
             items.append(source)
             continue
         path = Path(source).expanduser()
-        if modality == TEXT and not path.suffix.lower() in MANIFEST_SUFFIXES:
+        if modality == TEXT and path.suffix.lower() not in MANIFEST_SUFFIXES:
             items.append(Item(str(source)))  # text is indexed as given
         elif path.is_dir():
             items += _folder(path, modality)

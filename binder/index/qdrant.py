@@ -121,7 +121,8 @@ class QdrantBackend:
                 client.create_payload_index(name, field_name=key, field_schema=schema)
 
     @staticmethod
-    def _upsert(client: Any, name: str, ids: np.ndarray, vectors: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> None:
+    def _upsert(client: Any, name: str, ids: np.ndarray, vectors: np.ndarray,
+                rows: Sequence[Mapping[str, Any]]) -> None:
         models = _models()
         for start in range(0, len(ids), BATCH):
             points = [models.PointStruct(id=int(i), vector=v.tolist(), payload=_payload(r))
@@ -134,7 +135,8 @@ class QdrantBackend:
         models = _models()
         old = [a.collection_name for a in client.get_aliases().aliases if a.alias_name == alias]
         ops = [models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))] if old else []
-        ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=physical, alias_name=alias)))
+        alias_op = models.CreateAlias(collection_name=physical, alias_name=alias)
+        ops.append(models.CreateAliasOperation(create_alias=alias_op))
         client.update_collection_aliases(change_aliases_operations=ops)  # one atomic switch
         for name in old:
             client.delete_collection(name)
@@ -145,7 +147,8 @@ class QdrantBackend:
         if not isinstance(info, dict) or not info.get("collection"):
             raise BinderInputError(f"{str(folder / 'index.json')!r} is damaged: no qdrant collection recorded")
         if info.get("local") and not (folder / info["local"]).is_dir():
-            raise BinderInputError(f"index {str(folder)!r} is damaged or half-written: its local qdrant folder is missing")
+            raise BinderInputError(f"index {str(folder)!r} is damaged or half-written: "
+                                   "its local qdrant folder is missing")
         client = connect(folder, info.get("url"))
         if not client.collection_exists(info["collection"]):
             client.close()

@@ -129,7 +129,8 @@ class MetadataStore:
     def hit_rows(self, ids: Iterable[int]) -> Dict[int, Tuple[str, Mapping[str, Any]]]:
         """``{id: (path, read-only {column: value})}`` for the ids that exist, null columns left out
         (what a search result carries), from memory when :meth:`row_cache` holds the rows."""
-        wanted = np.unique(np.fromiter(ids, dtype=np.int64) if not isinstance(ids, np.ndarray) else ids.astype(np.int64))
+        ids = ids.astype(np.int64) if isinstance(ids, np.ndarray) else np.fromiter(ids, dtype=np.int64)
+        wanted = np.unique(ids)
         wanted = wanted[wanted >= 0]
         if self.row_cache() is not None:
             return self._cache.lookup(wanted)

@@ -99,7 +99,8 @@ def make_gallery(world: DigitsWorld, cfg: ArithmeticConfig) -> Tuple[List[Image.
     return images, digits
 
 
-def retrieval_metrics(scores: torch.Tensor, holds: np.ndarray, a: np.ndarray, b: np.ndarray, k: int) -> Dict[str, float]:
+def retrieval_metrics(scores: torch.Tensor, holds: np.ndarray, a: np.ndarray, b: np.ndarray,
+                      k: int) -> Dict[str, float]:
     """Precision@k, R@k (queries with >= 1 hit in the top k) and the share of the top k holding
     a and holding b, for scores (Q, G) over a gallery whose digits are ``holds`` (G, 10)."""
     top = scores.topk(k, dim=1).indices.numpy()  # (Q, k)
@@ -155,7 +156,8 @@ def format_report(result: Dict[str, Any]) -> str:
     k = result["k"]
     lines = [f"Image + audio -> image retrieval on the digits world: {result['gallery']} composites, "
              f"{result['queries']} queries, k = {k}", "",
-             f"| query | precision@{k} | R@{k} | top {k} holding the image's digit | top {k} holding the audio's digit |",
+             f"| query | precision@{k} | R@{k} | top {k} holding the image's digit "
+             f"| top {k} holding the audio's digit |",
              "|---|---:|---:|---:|---:|"]
     for name, r in result["rows"].items():
         lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['holds_image_digit']:.2f} | "
