@@ -111,6 +111,9 @@ def test_search_page_shows_a_gallery_of_hits(browser, site, files, tmp_path):
     loaded = page.evaluate("[...document.querySelectorAll('.hit img')].map(i => i.complete && i.naturalWidth)")
     assert len(loaded) == 6 and all(w > 0 for w in loaded), "every thumbnail is served and decoded"
     assert page.input_value("#weight_image") == "0.6"  # the form keeps the query's settings
+    echo = page.locator("#query-echo")  # the query is shown back: its image, a player for its sound, its text
+    assert echo.locator("img").evaluate("i => i.complete && i.naturalWidth") > 0
+    assert echo.locator("audio").count() == 1 and "tone.wav" in echo.inner_text() and "a photo" in echo.inner_text()
     shot = tmp_path / "results.png"
     page.screenshot(path=str(shot), full_page=True)
     img = np.asarray(Image.open(shot).convert("L"))

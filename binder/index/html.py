@@ -24,6 +24,10 @@ body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
 .hit { border: 1px solid #ccc; border-radius: 6px; padding: 8px; width: 200px; font-size: 13px; }
 .hit img { display: block; max-width: 184px; max-height: 184px; image-rendering: pixelated; margin: auto; }
 .hit audio { width: 184px; }
+#query-echo { display: flex; gap: 12px; align-items: flex-end; margin: 8px 0 12px; }
+#query-echo h2 { font-size: 15px; margin: 0 8px 0 0; }
+#query-echo figure { margin: 0; font-size: 13px; }
+#query-echo img { display: block; max-height: 96px; image-rendering: pixelated; }
 .score { font-weight: 600; }
 .path { word-break: break-all; color: #555; }
 .meta { color: #333; }

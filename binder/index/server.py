@@ -12,8 +12,10 @@ stack trace. Media are served by hit id only (``/media/{id}``), never by a path 
 """
 from __future__ import annotations
 
+import base64
 import html
 import logging
+import mimetypes
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_UPLOAD = 50 * 1024 * 1024
 SILENCE = 1e-4  # peak amplitude below this (-80 dBFS) counts as silent
+ECHO_MAX = 4 * 1024 * 1024  # uploads up to this size are shown back above the hits (inline)
 MODALITIES = ("image", "audio", "text")
 
 RECORDER_JS = """
@@ -85,6 +88,27 @@ def page(index: Any, body: str = "", form: Optional[Dict[str, Any]] = None) -> s
 </form>
 {body}
 <script>{RECORDER_JS}</script></body></html>"""
+
+
+def query_html(uploads: Dict[str, Tuple[str, bytes]], text: str) -> str:
+    """The query shown back above its hits: the uploaded image, a player for the uploaded sound
+    (inline data, as the browser clears its file fields), the text."""
+    parts = []
+    for modality, (name, data) in uploads.items():
+        if not data:
+            continue
+        label = html.escape(name)
+        if len(data) > ECHO_MAX:
+            parts.append(f'<figure class="query-{modality}"><figcaption>{modality}: {label}</figcaption></figure>')
+            continue
+        mime = mimetypes.guess_type(name)[0] or ("image/png" if modality == "image" else "audio/wav")
+        src = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+        tag = f'<img src="{src}" alt="{label}">' if modality == "image" else f'<audio controls src="{src}"></audio>'
+        parts.append(f'<figure class="query-{modality}">{tag}<figcaption>{label}</figcaption></figure>')
+    if text.strip():
+        parts.append(f'<figure class="query-text"><figcaption>&ldquo;{html.escape(text.strip())}&rdquo;</figcaption>'
+                     '</figure>')
+    return f'<div id="query-echo"><h2>query</h2>{"".join(parts)}</div>'
 
 
 def message(text: str) -> str:
@@ -169,31 +193,37 @@ def create_app(index: Any) -> Any:
             raise BinderInputError("weights and hits must be numbers") from None
         return str(fields.get("text") or ""), weights, k
 
-    async def answer(request: Request) -> Tuple[int, Any, Dict[str, Any]]:
+    async def answer(request: Request) -> Tuple[int, Any, Dict[str, Any], Dict[str, Tuple[str, bytes]]]:
         uploads, fields = await read_form(request)
         try:
             text, weights, k = parse(fields)
             with tempfile.TemporaryDirectory(prefix="binder-serve-") as tmp:
-                return 200, searcher.run(uploads, text, weights, k, Path(tmp)), fields
+                return 200, searcher.run(uploads, text, weights, k, Path(tmp)), fields, uploads
         except BinderError as err:
-            return 400, str(err), fields
+            return 400, str(err), fields, uploads
         except Exception:  # never a stack trace on the page; the log keeps it
             log.exception("search failed")
-            return 500, "the search failed on the server (see its log)", fields
+            return 500, "the search failed on the server (see its log)", fields, uploads
 
     @app.get("/", response_class=HTMLResponse)
     def home() -> str:
         return page(index)
 
+    def media_url(record: Dict[str, Any]) -> str:
+        return f"/media/{int(record['id'])}"
+
     @app.post("/search", response_class=HTMLResponse)
     async def search(request: Request) -> HTMLResponse:
-        status, result, fields = await answer(request)
-        body = hits_html(result, lambda r: f"/media/{int(r['id'])}") if status == 200 else message(result)
+        status, result, fields, uploads = await answer(request)
+        if status == 200:
+            body = query_html(uploads, str(fields.get("text") or "")) + hits_html(result, media_url)
+        else:
+            body = message(result)
         return HTMLResponse(page(index, body, fields), status_code=status)
 
     @app.post("/api/search")
     async def api_search(request: Request) -> JSONResponse:
-        status, result, _ = await answer(request)
+        status, result, _, _ = await answer(request)
         return JSONResponse({"hits": result} if status == 200 else {"error": result}, status_code=status)
 
     @app.get("/media/{item_id}")
