@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,18 @@ def atomic_folder(target: "str | Path") -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_savefig(fig: Any, path: "str | Path", dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG at ``path`` atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write(path, buffer.getvalue())
 
 
 def atomic_write(path: "str | Path", data: "str | bytes") -> Path:

@@ -166,3 +166,8 @@ def test_arithmetic_experiment_writes_its_report(compose, model, small_data_root
         assert json.loads((folder / "arithmetic.json").read_text())["gallery"] == 90
         assert "| image + audio (composed) |" in (folder / "arithmetic.md").read_text()
         assert (folder / "arithmetic.png").read_bytes()[:4] == b"\x89PNG"
+    (folder / "arithmetic.png").unlink()  # the figure is redrawn from the saved JSON alone
+    from binder.recipes.arithmetic import main
+
+    assert main([str(folder / "arithmetic.json")]) == 0
+    assert (folder / "arithmetic.png").read_bytes()[:4] == b"\x89PNG"

@@ -32,6 +32,7 @@ from binder.datasets.composites import composite_gallery, side_by_side
 from binder.datasets.digits import DigitsConfig, DigitsWorld
 from binder.errors import BinderConfigError
 from binder.evaluation import write_metrics
+from binder.files import atomic_savefig, atomic_write
 from binder.types import IMAGE
 
 log = logging.getLogger(__name__)
@@ -193,16 +194,11 @@ def plot_sweep(result: Dict[str, Any], path: Path) -> None:
     axes[0].set_ylabel(f"share of the top {k}")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 def write_report(result: Dict[str, Any], folder: Path) -> None:
     """``arithmetic.md``, ``arithmetic.json`` and ``arithmetic.png`` in ``folder``."""
-    from binder.files import atomic_write
-
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "arithmetic.md", format_report(result) + "\n")
     write_metrics(folder / "arithmetic.json", result)
@@ -243,3 +239,21 @@ def calibrate_digits(model: Any, cfg: DictConfig) -> None:
     datamodule = DigitsDataModule(model, [AUDIO], "image", **options)
     datamodule.setup("fit")
     calibrate_from_datamodule(model, datamodule)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m binder.recipes.arithmetic RESULT.json``: redraw ``arithmetic.png`` beside a saved
+    result (the committed benchmark keeps its JSON and table only)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("result", type=Path, help="an arithmetic.json")
+    path = parser.parse_args(argv).result
+    plot_sweep(json.loads(path.read_text()), path.with_suffix(".png"))
+    log.info("wrote %s", path.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from binder.evaluation import write_metrics
-from binder.files import atomic_write
+from binder.files import atomic_savefig, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,4 @@ def plot_table(results: Dict[str, Dict[str, Any]], columns: List[str], path: Pat
     ax.set_title("Held-out digits world: top-1 per column\n(emergent = trained with images only)", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(columns) + 1, frameon=False)
     fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
-    return path
+    return atomic_savefig(fig, path)
