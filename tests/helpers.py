@@ -32,3 +32,21 @@ def chirp(seconds: float = 1.0, rate: int = 16000, f0: float = 200.0, f1: float 
     phase = 2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds))
     noise = np.random.default_rng(seed).normal(0, 0.01, t.shape)
     return (0.4 * np.sin(phase) + noise).astype(np.float32)
+
+
+def blob_image(rng: np.random.Generator):
+    """A distinct 28 x 56 test image per draw: 4 x 8 random levels upscaled into smooth blobs, so
+    embeddings of different draws differ clearly (the anchor's composite size)."""
+    from PIL import Image
+
+    return Image.fromarray(rng.integers(0, 255, (4, 8), dtype=np.uint8)).resize((56, 28))
+
+
+def write_blobs(folder, names, seed: int = 0) -> list:
+    """``blob_image`` files ``folder/name`` for each name, drawn in order from ``seed``."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name in names:
+        blob_image(rng).save(folder / name)
+        paths.append(folder / name)
+    return paths

@@ -17,12 +17,12 @@ from binder import BinderInputError, BindModel
 from binder.index import Index
 from binder.index import engine as engine_module
 
+from helpers import blob_image
+
 
 def pattern_image(seed: int) -> Image.Image:
-    """A distinct 28 x 56 test image per seed (smooth blobs, so embeddings differ clearly)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 8), dtype=np.uint8)
-    return Image.fromarray(small).resize((56, 28), Image.BILINEAR)
+    """A distinct 28 x 56 test image per seed."""
+    return blob_image(np.random.default_rng(seed))
 
 
 @pytest.fixture(scope="module")

@@ -8,26 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 import binder
-from binder import BindModel
 from binder.cli import main
+
+from helpers import write_blobs
 
 
 @pytest.fixture(scope="module")
-def model_dir(random_anchor, tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    return binder.save(BindModel(random_anchor, {"audio": {}}), tmp_path_factory.mktemp("cli") / "model")
+def model_dir(audio_model, tmp_path_factory) -> Path:
+    return binder.save(audio_model, tmp_path_factory.mktemp("cli") / "model")
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 255, (4, 8), dtype=np.uint8)).resize((56, 28)).save(root / f"p{i}.png")
+    write_blobs(root, [f"p{i}.png" for i in range(12)])
     (root / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     return root
 

@@ -8,35 +8,28 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from binder import BinderInputError, BindModel
 from binder.cli import main
 from binder.index import Index
 
+from helpers import write_blobs
+
 pytest.importorskip("qdrant_client")
-
-
-@pytest.fixture(scope="module")
-def model(audio_model):
-    return audio_model
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     root = tmp_path_factory.mktemp("qphotos")
-    rng = np.random.default_rng(3)
-    rows = ["path,n,kind"]
-    for i in range(30):
-        Image.fromarray(rng.integers(0, 255, (4, 8), dtype=np.uint8)).resize((56, 28)).save(root / f"q{i}.png")
-        rows.append(f"q{i}.png,{i},{'odd' if i % 2 else 'even'}")
+    write_blobs(root, [f"q{i}.png" for i in range(30)], seed=3)
+    rows = ["path,n,kind"] + [f"q{i}.png,{i},{'odd' if i % 2 else 'even'}" for i in range(30)]
     (root / "m.csv").write_text("\n".join(rows) + "\n")
     return root
 
 
-def test_qdrant_answers_like_faiss(model, photos, tmp_path):
-    faiss_idx = Index.build(model, photos / "m.csv", "image", tmp_path / "f", num_workers=0, progress=False)
-    q_idx = Index.build(model, photos / "m.csv", "image", tmp_path / "q", engine="qdrant", num_workers=0,
+def test_qdrant_answers_like_faiss(audio_model, photos, tmp_path):
+    faiss_idx = Index.build(audio_model, photos / "m.csv", "image", tmp_path / "f", num_workers=0, progress=False)
+    q_idx = Index.build(audio_model, photos / "m.csv", "image", tmp_path / "q", engine="qdrant", num_workers=0,
                         progress=False)
     assert q_idx.manifest["engine"] == "qdrant" and len(q_idx) == 30
     assert q_idx.manifest["qdrant"]["collection"] == "q" and q_idx.manifest["qdrant"]["local"] == "qdrant"
@@ -49,15 +42,15 @@ def test_qdrant_answers_like_faiss(model, photos, tmp_path):
         q_idx.search(text="x", where="n > 3")
 
 
-def test_qdrant_updates_reopen_and_model_checks(model, photos, tmp_path):
-    idx = Index.build(model, [photos / f"q{i}.png" for i in range(6)], "image", tmp_path / "q", engine="qdrant",
+def test_qdrant_updates_reopen_and_model_checks(audio_model, photos, tmp_path):
+    idx = Index.build(audio_model, [photos / f"q{i}.png" for i in range(6)], "image", tmp_path / "q", engine="qdrant",
                       num_workers=0, progress=False)
     assert idx.add([photos / "q10.png"], num_workers=0, progress=False).ids == [6]
     assert idx.delete([0, 1]) == 2
     with pytest.raises(BinderInputError, match=r"id\(s\) \[0\] are not in index"):
         idx.delete([0])
     idx.close()
-    reopened = Index.open(tmp_path / "q", model)
+    reopened = Index.open(tmp_path / "q", audio_model)
     assert len(reopened) == 5 and reopened.search(image=str(photos / "q10.png"), k=1)[0].id == 6
     assert json.loads((tmp_path / "q" / "index.json").read_text())["next_id"] == 7
     reopened.close()
@@ -67,7 +60,7 @@ def test_qdrant_updates_reopen_and_model_checks(model, photos, tmp_path):
     with pytest.raises(BinderInputError, match="built with another model"):
         Index.open(tmp_path / "q", BindModel(OpenClipAnchor(model="binder-digits"), {}))
     # Rebuilding in place swaps the alias to a new collection; the old one is dropped.
-    again = Index.build(model, [photos / "q3.png"], "image", tmp_path / "q", engine="qdrant", num_workers=0,
+    again = Index.build(audio_model, [photos / "q3.png"], "image", tmp_path / "q", engine="qdrant", num_workers=0,
                         progress=False)
     assert len(again) == 1
     again.close()
@@ -76,10 +69,10 @@ def test_qdrant_updates_reopen_and_model_checks(model, photos, tmp_path):
         Index.open(tmp_path / "q")
 
 
-def test_qdrant_from_the_command_line(model, photos, tmp_path, capsys):
+def test_qdrant_from_the_command_line(audio_model, photos, tmp_path, capsys):
     import binder
 
-    model_dir = binder.save(model, tmp_path / "model")
+    model_dir = binder.save(audio_model, tmp_path / "model")
     assert main(["index", "build", "--model", str(model_dir), "--engine", "qdrant", "--collection", "photos",
                  str(photos / "m.csv"), "-o", str(tmp_path / "cli.idx"), "--workers", "0"]) == 0
     assert "indexed 30" in capsys.readouterr().out

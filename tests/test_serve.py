@@ -21,6 +21,8 @@ from PIL import Image
 from binder.index import Index
 from binder.index.server import create_app
 
+from helpers import write_blobs
+
 CHROMIUM = os.environ.get("BINDER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -58,16 +60,9 @@ def serve(index: Index):
 
 
 @pytest.fixture(scope="module")
-def model(audio_model):
-    return audio_model
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 255, (4, 8), dtype=np.uint8)).resize((56, 28)).save(root / f"p{i:02d}.png")
+    write_blobs(root, [f"p{i:02d}.png" for i in range(12)])
     t = np.arange(16000) / 16000
     sf.write(root / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
     sf.write(root / "silent.wav", np.zeros(16000, np.float32), 16000)
@@ -77,8 +72,8 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def site(model, files, tmp_path_factory):
-    index = Index.build(model, sorted(files.glob("p*.png")), "image", tmp_path_factory.mktemp("idx") / "i",
+def site(audio_model, files, tmp_path_factory):
+    index = Index.build(audio_model, sorted(files.glob("p*.png")), "image", tmp_path_factory.mktemp("idx") / "i",
                         num_workers=0, progress=False)
     url, server = serve(index)
     yield url
@@ -161,9 +156,9 @@ def test_recording_from_the_microphone(browser, site):
     page.close()
 
 
-def test_audio_hits_play(browser, model, data_root, tmp_path):
+def test_audio_hits_play(browser, audio_model, data_root, tmp_path):
     recs = sorted((data_root / "fsdd" / "recordings").glob("4_george_*.wav"))[:5]
-    index = Index.build(model, recs, "audio", tmp_path / "a", num_workers=0, progress=False)
+    index = Index.build(audio_model, recs, "audio", tmp_path / "a", num_workers=0, progress=False)
     url, server = serve(index)
     try:
         page = browser.new_page()
