@@ -29,6 +29,7 @@ from typing import Union
 from tqdm.auto import tqdm
 
 from binder.errors import ModelLoadError
+from binder.files import hash_file
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ CACHE_ENV = "BINDER_CACHE"
 PART_SUFFIX = ".part"
 SHA256_SUFFIX = ".sha256"
 STREAM_CHUNK = 1 << 20  # bytes read from the socket at a time
-HASH_CHUNK = 4 << 20  # bytes read from disk at a time when hashing
 _USER_AGENT = "binder-hub/1"
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
@@ -71,18 +71,6 @@ def _normalise_sha256(value: str | None) -> str | None:
         raise ValueError(f"sha256 must be 64 hexadecimal characters, got {value!r}")
     return digest
 
-
-def _hash_file(path: Path, hasher: hashlib._Hash | None = None) -> hashlib._Hash:
-    """Feed ``path`` into ``hasher`` (a new SHA-256 by default) in chunks; return the hasher."""
-    hasher = hasher if hasher is not None else hashlib.sha256()
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb") as fh:
-        while True:
-            n = fh.readinto(buffer)
-            if not n:
-                return hasher
-            hasher.update(view[:n])
 
 
 def _write_sidecar(sidecar: Path, digest: str, size: int, filename: str) -> None:
@@ -184,7 +172,7 @@ def _check_cached(url: str, dest: Path, *, sha256: str | None, size: int | None,
     if not verify:
         logger.debug("Using cached %s without hashing it (verify=False)", dest)
         return dest
-    digest = _hash_file(dest).hexdigest()
+    digest = hash_file(dest).hexdigest()
     want_sha = sha256 or recorded_sha
     if want_sha is None:
         logger.warning("Cached file %s has no recorded SHA-256: recording %s (trust on first use)", dest, digest)
@@ -250,7 +238,7 @@ def _fetch(url: str, part: Path, *, size: int | None, sha256: str | None, timeou
             _check_server_size(url, part, size, total)
             expected = size if size is not None else total
             if expected == offset:
-                digest = _hash_file(part).hexdigest()
+                digest = hash_file(part).hexdigest()
                 if sha256 is None or digest == sha256:
                     logger.info("%s already holds all %d bytes of %s", part, offset, url)
                     return total, digest
@@ -286,7 +274,7 @@ def _plan(url: str, part: Path, status: int, headers: Message, offset: int) -> t
 def _stream(url: str, response: http.client.HTTPResponse, part: Path, *, start: int,
             total: int | None, progress: bool, label: str) -> str:
     """Append the body to ``part`` (truncating it when ``start`` is 0); return the file's digest."""
-    hasher = _hash_file(part) if start else hashlib.sha256()
+    hasher = hash_file(part) if start else hashlib.sha256()
     written = start
     bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                desc=label, disable=not progress)

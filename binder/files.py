@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -156,6 +157,27 @@ def atomic_folder(target: "str | Path") -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+HASH_CHUNK = 4 << 20  # bytes read from disk at a time when hashing
+
+
+def hash_file(path: "str | Path", hasher: Any = None) -> Any:
+    """Feed ``path`` into ``hasher`` (a new SHA-256 by default) in chunks; return the hasher."""
+    hasher = hasher if hasher is not None else hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as fh:
+        while True:
+            n = fh.readinto(buffer)
+            if not n:
+                return hasher
+            hasher.update(view[:n])
+
+
+def file_digest(path: "str | Path") -> str:
+    """SHA-256 hex digest of a file."""
+    return hash_file(path).hexdigest()
 
 
 def atomic_savefig(fig: Any, path: "str | Path", dpi: int = 120) -> Path:

@@ -10,7 +10,6 @@ replacing an existing one is safe at every instant.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,22 +21,13 @@ from safetensors.torch import load_file, save_file
 
 from binder.anchor import build_anchor
 from binder.errors import BinderError, BinderInputError, ModelLoadError
-from binder.files import atomic_folder, recover
+from binder.files import atomic_folder, file_digest, recover
 from binder.model import BindModel, build_config, config_to_dict
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "binder", 2
 CONFIG_NAME, WEIGHTS_NAME, ANCHOR_DIR = "config.json", "model.safetensors", "anchor"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_config(model: BindModel) -> Dict[str, Any]:

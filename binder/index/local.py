@@ -22,7 +22,7 @@ import numpy as np
 from binder.errors import BinderInputError
 from binder.index.engine import FaissEngine, resolve_kind
 from binder.index.store import MetadataStore, Where
-from binder.io import file_digest
+from binder.files import file_digest
 
 log = logging.getLogger(__name__)
 
