@@ -37,6 +37,16 @@ BINDER_PREPROCESS = {"binder-digits": {"image_resize_mode": "longest"}}
 """Preprocessing of binder's own open_clip configs built by name (their folders record it)."""
 
 
+def hash_tensors(digest: Any, state: Dict[str, torch.Tensor]) -> Any:
+    """Feed a state dict into ``digest`` (names, shapes, dtypes and bytes, by name); return it.
+    Anchor and encoder fingerprints both come from here, so they can only change together."""
+    for name, value in sorted(state.items()):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """How the anchor turns an image into a tensor (open_clip's preprocess config)."""
@@ -107,12 +117,7 @@ class Anchor(nn.Module):
         embedding space exactly when their anchors have the same fingerprint."""
         cached = getattr(self, "_fingerprint", None)
         if cached is None:
-            digest = hashlib.sha256()
-            for name, value in sorted(self.state_dict().items()):
-                t = value.detach().cpu().contiguous()
-                digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            cached = digest.hexdigest()
+            cached = hash_tensors(hashlib.sha256(), self.state_dict()).hexdigest()
             object.__setattr__(self, "_fingerprint", cached)
         return cached
 
@@ -121,7 +126,9 @@ def _array_image(image: Any) -> Image.Image:
     """An (H, W), (H, W, 3) or (3, H, W) uint8 array / tensor, or float in [0, 1] -> RGB PIL image."""
     import numpy as np
 
-    x = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    from binder.imaging import as_array
+
+    x = as_array(image, "image input") if isinstance(image, torch.Tensor) else np.asarray(image)  # keeps uint8
     if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
         x = np.moveaxis(x, 0, -1)  # (C, H, W) -> (H, W, C)
     if x.ndim == 3 and x.shape[-1] == 1:

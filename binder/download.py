@@ -29,7 +29,7 @@ from typing import Union
 from tqdm.auto import tqdm
 
 from binder.errors import ModelLoadError
-from binder.files import hash_file
+from binder.files import atomic_write, hash_file
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ def cache_dir(explicit: PathLike | None = None) -> Path:
     root = explicit if explicit is not None else (os.environ.get(CACHE_ENV) or "~/.cache/binder")
     return Path(root).expanduser()
 
-
-_cache_root = cache_dir  # ``resolve`` has a parameter named ``cache_dir``
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -75,9 +73,7 @@ def _normalise_sha256(value: str | None) -> str | None:
 
 def _write_sidecar(sidecar: Path, digest: str, size: int, filename: str) -> None:
     """Record ``digest`` and ``size`` atomically, in a ``sha256sum -c``-compatible form."""
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(f"{digest}  {filename}\n# size: {size}\n", encoding="utf-8")
-    os.replace(tmp, sidecar)
+    atomic_write(sidecar, f"{digest}  {filename}\n# size: {size}\n")
 
 
 def _read_sidecar(sidecar: Path) -> tuple[str | None, int | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -69,12 +69,21 @@ class EmbedMixin:
         """Raw inputs of one modality -> one stacked model tensor."""
         if modality == TEXT:
             return self.anchor.tokenize(items)
-        if modality == IMAGE:
-            return torch.stack([self.anchor.preprocess_image(x) for x in items])
-        if modality not in self.preprocessors:
-            raise BinderInputError(f"this model has no {modality} encoder; it embeds {self.modalities}")
-        pre = self.preprocessors[modality]
+        pre = self.item_preprocessor(modality)
         return torch.stack([pre(x, sample_rate=sample_rate) for x in items])
+
+    def _missing(self, modality: str) -> BinderInputError:
+        return BinderInputError(f"this model has no {modality} encoder; it embeds {self.modalities}")
+
+    def item_preprocessor(self, modality: str) -> Callable[..., torch.Tensor]:
+        """The function from one raw input of ``modality`` to its model tensor."""
+        if modality == IMAGE:
+            return lambda image, **_: self.anchor.preprocess_image(image)
+        if modality == TEXT:
+            return lambda text, **_: self.anchor.tokenize([text])[0]
+        if modality not in self.preprocessors:
+            raise self._missing(modality)
+        return self.preprocessors[modality]
 
     def _target_device(self, device: "str | torch.device | None") -> torch.device:
         if device is None:
@@ -114,7 +123,7 @@ class EmbedMixin:
     def _embed_one(self, modality: str, value: Any, batch_size: int, device: torch.device,
                    sample_rate: Optional[float], progress: bool) -> torch.Tensor:
         if modality not in self.modalities:
-            raise BinderInputError(f"this model has no {modality} encoder; it embeds {self.modalities}")
+            raise self._missing(modality)
         items = as_items(value, modality)
         if not items:
             raise BinderInputError(f"embed(): no {modality} inputs given (an empty list)")

@@ -24,17 +24,15 @@ import hashlib
 import logging
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from binder.download import cache_dir as _cache_root  # ``resolve`` has a parameter named ``cache_dir``
 from binder.download import (
     PathLike,
-    _cache_root,
     _normalise_sha256,
     cache_dir,
     download,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from binder.anchor import Anchor
+from binder.anchor import Anchor, hash_tensors
 from binder.config import build_dataclass
 from binder.embed import EmbedMixin
 from binder.errors import BinderInputError
@@ -100,9 +100,6 @@ class BindModel(EmbedMixin, nn.Module):
         """Fixed InfoNCE temperature of a bound modality."""
         return float(self.configs[modality_name(modality)].temperature)
 
-    def _missing(self, modality: str) -> BinderInputError:
-        return BinderInputError(f"this model has no {modality} encoder; it embeds {self.modalities}")
-
     def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """Embed one preprocessed batch of ``modality`` -> L2-normalised (N, D)."""
         modality = check_modality(modality) if modality not in self.configs else modality
@@ -139,10 +136,7 @@ class BindModel(EmbedMixin, nn.Module):
             raise self._missing(modality)
         digest = hashlib.sha256(self.anchor.fingerprint().encode())
         for part in (self.encoders[modality], self.heads[modality]):
-            for name, value in sorted(part.state_dict().items()):
-                t = value.detach().cpu().contiguous()
-                digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            hash_tensors(digest, part.state_dict())
         return digest.hexdigest()
 
     @torch.no_grad()

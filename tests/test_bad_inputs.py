@@ -209,3 +209,15 @@ def test_malformed_config_json(saved, tmp_path, case):
     with pytest.raises(ModelLoadError, match=match) as err:
         binder.load(folder)
     assert "config.json" in str(err.value) or "model.safetensors" in str(err.value)
+
+
+def test_image_arrays_and_tensors_of_uint8_and_float_open_alike():
+    """A uint8 tensor is pixels 0-255 like a uint8 array; floats must lie in [0, 1]."""
+    from binder.anchor import open_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    as_tensor, as_array = open_image(torch.from_numpy(pixels)), open_image(pixels)
+    assert np.array_equal(np.asarray(as_tensor), np.asarray(as_array)) and as_tensor.size == (8, 8)
+    assert open_image(torch.from_numpy(pixels).float() / 255).size == (8, 8)
+    with pytest.raises(BinderInputError, match=r"must lie in \[0, 1\]"):
+        open_image(torch.from_numpy(pixels).float())

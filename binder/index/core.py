@@ -173,7 +173,7 @@ class Index:
         """
         modality = modality_name(modality)
         if modality not in model.modalities:
-            raise BinderInputError(f"this model has no {modality} encoder; it embeds {model.modalities}")
+            raise model._missing(modality)
         path = Path(path).expanduser().absolute()
         report = embed_items(model, modality, gather(items, modality), batch_size, num_workers, progress)
         if not report.count:

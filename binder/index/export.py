@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from binder.files import temp_sibling
+from binder.files import atomic_write
 
 
 def write_parquet(report: Any, path: "str | Path", model: Any, modality: str) -> Path:
@@ -29,11 +29,6 @@ def write_parquet(report: Any, path: "str | Path", model: Any, modality: str) ->
     meta = {"binder": json.dumps({"modality": modality, "dim": dim, "fingerprint": model.fingerprint(modality),
                                   "anchor_fingerprint": model.anchor.fingerprint()})}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    tmp = temp_sibling(path, folder=False)
-    try:
-        pq.write_table(table, tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return atomic_write(path, buffer.getvalue().to_pybytes())

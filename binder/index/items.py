@@ -199,17 +199,6 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not fight the main process for cores
 
 
-def preprocessor(model: Any, modality: str) -> Callable[[Any], torch.Tensor]:
-    """The function from one raw input to the model tensor of ``modality``."""
-    if modality == IMAGE:
-        return model.anchor.preprocess_image
-    if modality == TEXT:
-        return lambda text: model.anchor.tokenize([text])[0]
-    if modality not in model.preprocessors:
-        raise BinderInputError(f"this model has no {modality} encoder; it embeds {model.modalities}")
-    return model.preprocessors[modality]
-
-
 def _embed_batches(model: Any, modality: str, loader: DataLoader, show_progress: bool, items: Sequence[Item],
                    order: List[int], parts: List[np.ndarray], skipped: List[Tuple[str, str]]) -> None:
     """Embed the loader's batches, appending kept item indices, (b, D) vectors and skips in place."""
@@ -233,7 +222,7 @@ def embed_items(model: Any, modality: str, items: Sequence[Item], batch_size: in
         The embedded items with their (N, D) float32 unit vectors, and the skipped ones with reasons.
     """
     modality = modality_name(modality)
-    loader = DataLoader(_Preprocessed(list(items), preprocessor(model, modality)), batch_size=batch_size,
+    loader = DataLoader(_Preprocessed(list(items), model.item_preprocessor(modality)), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate,
                         worker_init_fn=_worker_init if num_workers else None)
     was_training = model.training

@@ -232,11 +232,10 @@ def calibrate_digits(model: Any, cfg: DictConfig) -> None:
     """Calibrate a model that has no saved spreads on the digits world's held-out audio pairs
     (what training does at its end)."""
     from binder.arithmetic import calibrate_from_datamodule
-    from binder.datasets.digits import DigitsDataModule
+    from binder.data import build_datamodule
 
     log.info("the model has no saved query calibration: measuring it on the held-out digits")
-    options = {k: v for k, v in to_dict(cfg.data).items() if k != "_target_"}
-    datamodule = DigitsDataModule(model, [AUDIO], "image", **options)
+    datamodule = build_datamodule(cfg.data, model, [AUDIO], "image")
     datamodule.setup("fit")
     calibrate_from_datamodule(model, datamodule)
 
