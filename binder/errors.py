@@ -14,6 +14,10 @@ class BinderInputError(BinderError, ValueError):
     """An input (file, array, tensor, name) is missing, corrupt or of the wrong form."""
 
 
+class BinderLockError(BinderError, RuntimeError):
+    """Another process holds the lock of what this one wants to write, for longer than allowed."""
+
+
 class BinderConfigError(BinderError, ValueError):
     """A configuration value or key is wrong: names the key, its group and what is accepted."""
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -203,3 +206,66 @@ def atomic_write(path: "str | Path", data: "str | bytes") -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+LOCK_POLL = 0.1  # seconds between attempts while another process holds a lock
+
+
+def lock_path(target: "str | Path") -> Path:
+    """The lock file of ``target``: a hidden sibling (``.name.lock``), so that the lock outlives
+    the target being replaced, swapped aside or deleted."""
+    target = Path(target).expanduser().absolute()
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive(target: "str | Path", what: str, timeout: float = 600.0) -> Iterator[None]:
+    """Hold the exclusive lock of ``target`` (``flock`` on :func:`lock_path`), waiting for another
+    holder up to ``timeout`` seconds with one message saying who holds it.
+
+    Args:
+        target: The file or folder being written.
+        what: What it is, for messages (``"index 'photos.idx'"``).
+        timeout: Seconds to wait; 0 fails at once.
+
+    Raises:
+        BinderLockError: still held by another process (or thread) after ``timeout``.
+    """
+    import math
+
+    from binder.errors import BinderInputError, BinderLockError
+
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0:
+        raise BinderInputError(f"wait must be a finite number of seconds >= 0, got {timeout!r}")
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        deadline, told = time.monotonic() + max(0.0, float(timeout)), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BinderLockError(f"{what} is being written by {_holder(fd)}; gave up after waiting "
+                                          f"{timeout:g} s (wait longer, or try again when it is done)") from None
+                if not told:
+                    log.warning("%s is being written by %s: waiting for it (at most %g s)", what, _holder(fd), timeout)
+                    told = True
+                time.sleep(LOCK_POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {' '.join(sys.argv)[:200]}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from what its holder wrote into the lock file."""
+    try:
+        text = os.pread(fd, 256, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    pid, _, command = text.partition(" ")
+    return f"process {pid} ({command})" if pid.isdigit() else "another process"

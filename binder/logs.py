@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 NOISY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.model_summary")
@@ -57,3 +58,29 @@ def progress(iterable: Any, desc: str, enabled: bool = True, **kwargs: Any) -> A
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, disable=None if enabled else True, leave=False, **kwargs)
+
+
+class _ThreadRecords(logging.Handler):
+    """Collects the messages of WARNING and above emitted by one thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread, self.messages = threading.get_ident(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def captured_warnings(logger: str = "binder") -> Iterator[List[str]]:
+    """``with captured_warnings() as messages:`` the warnings binder logs in this thread within the
+    block (a truncated file read as far as it goes, ...), for callers that show them to a user
+    who sees no log (the search page). They are still logged as usual."""
+    handler = _ThreadRecords()
+    target = logging.getLogger(logger)
+    target.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        target.removeHandler(handler)

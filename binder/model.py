@@ -22,7 +22,7 @@ from binder.anchor import Anchor, hash_tensors
 from binder.config import build_dataclass
 from binder.embed import EmbedMixin
 from binder.errors import BinderInputError
-from binder.registry import check_modality, get_modality
+from binder.registry import check_modality, get_modality, resolve_ref
 from binder.types import ANCHOR_MODALITIES, IMAGE, TEXT, TensorDict, modality_name
 
 
@@ -178,6 +178,10 @@ class BindModel(EmbedMixin, nn.Module):
             if m not in self.modalities:
                 raise self._missing(m)
         warn_uncalibrated(self, names)
+        for m, value in zip(names, inputs.values()):
+            check = get_modality(m).check_query if m in self.configs else None
+            for item in (value if isinstance(value, list) else [value]) if check else ():
+                resolve_ref(check)(item)
         embedded = self.embed(batch_size=batch_size, sample_rate=sample_rate, progress=False,
                               **dict(zip(names, inputs.values())))
         return compose_embeddings(embedded, weights, self.query_spreads)

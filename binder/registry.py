@@ -54,6 +54,9 @@ class ModalitySpec:
             config is not among binder's packaged configs (plugins).
         extensions: File suffixes (lower-case, with the dot) that hold this modality, used when a
             folder is indexed or embedded (``binder index build``); empty: every file.
+        check_query: Optional ``(raw input) -> None`` that raises :class:`BinderInputError` for an
+            input that can be embedded but cannot make a meaningful query (audio: silence); run by
+            every query path (``compose``, ``Index.search``, the CLI, the search page).
     """
 
     name: str
@@ -66,6 +69,7 @@ class ModalitySpec:
     recordings: Optional[Ref] = None
     config_file: Optional[Union[str, Path]] = None
     extensions: Tuple[str, ...] = ()
+    check_query: Optional[Ref] = None
 
     def __post_init__(self) -> None:
         name = modality_name(self.name)

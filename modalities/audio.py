@@ -292,6 +292,28 @@ class AudioEncoder(Trunk):
         super().__init__(cfg.trunk())
 
 
+SILENCE = 1e-4  # a query whose peak amplitude is below this (-80 dBFS) holds no sound
+
+
+def check_query(item: Any) -> None:
+    """Refuse a silent query: it embeds, but to a direction that says nothing about any sound.
+    What cannot be read is left to the preprocessor, which names the problem."""
+    if isinstance(item, (str, Path)):
+        try:
+            data, _ = sf.read(str(item), dtype="float32", always_2d=True)
+        except Exception:  # soundfile's own error types: the preprocessor reports the file
+            return
+        name = f"audio file {str(item)!r}"
+    else:
+        try:
+            data = _to_float_array(item[0] if isinstance(item, tuple) and len(item) == 2 else item, "audio input")
+        except BinderInputError:
+            return
+        name = "audio input"
+    if data.size and np.isfinite(data).all() and float(np.abs(data).max()) < SILENCE:
+        raise BinderInputError(f"{name} is silent (its peak is below -80 dBFS): a query needs a recording with sound")
+
+
 def example_input() -> tuple:
     """Five seconds of a 16 kHz chirp with a little noise: ``(samples, rate)``."""
     t = np.arange(5 * 16000) / 16000
@@ -303,5 +325,5 @@ SPEC = register_modality(ModalitySpec(
     name="audio", config_cls=AudioConfig, preprocessor_cls=AudioPreprocessor, encoder_cls=AudioEncoder,
     augment_cls=AudioAugment, example_input=example_input,
     recordings="binder.datasets.fsdd:digits_recordings",  # the digits world: real spoken digits
-    extensions=(".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"),
+    extensions=(".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"), check_query=check_query,
 ))

@@ -61,7 +61,7 @@ def test_qdrant_updates_reopen_and_model_checks(audio_model, photos, tmp_path):
         Index.open(tmp_path / "q", BindModel(OpenClipAnchor(model="binder-digits"), {}))
     # Rebuilding in place swaps the alias to a new collection; the old one is dropped.
     again = Index.build(audio_model, [photos / "q3.png"], "image", tmp_path / "q", engine="qdrant", num_workers=0,
-                        progress=False)
+                        progress=False, overwrite=True)
     assert len(again) == 1
     again.close()
     shutil.rmtree(tmp_path / "q" / "qdrant")

@@ -19,7 +19,7 @@ import soundfile as sf
 from PIL import Image
 
 from binder.index import Index
-from binder.index.server import create_app
+from binder.server import create_app
 
 from helpers import write_blobs
 
@@ -94,6 +94,15 @@ def search(page, url, **fields):
         page.click("#submit")
 
 
+def until(page, condition: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` with ``page.evaluate`` (Playwright's wait_for_function evaluates strings
+    in a way the page's Content-Security-Policy forbids, as it should)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(condition):
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        page.wait_for_timeout(50)
+
+
 def test_search_page_shows_a_gallery_of_hits(browser, site, files, tmp_path):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     search(page, site, image=files / "p03.png", audio=files / "tone.wav", text="a photo",
@@ -122,7 +131,7 @@ def test_search_page_shows_a_gallery_of_hits(browser, site, files, tmp_path):
 @pytest.mark.parametrize("upload, message", [
     ({"image": "notes.txt"}, "is not a readable image"),
     ({"audio": "silent.wav"}, "is silent"),
-    ({"audio": "corrupt.wav"}, "is not a readable recording"),
+    ({"audio": "corrupt.wav"}, "is not readable audio"),
     ({}, "give a query"),
 ])
 def test_bad_uploads_show_a_message(browser, site, files, upload, message):
@@ -145,10 +154,10 @@ def test_recording_from_the_microphone(browser, site):
     page = browser.new_page()
     page.goto(site)
     page.click("#record")
-    page.wait_for_function("document.getElementById('record').textContent === 'Stop recording'")
+    until(page, "document.getElementById('record').textContent === 'Stop recording'")
     page.wait_for_timeout(800)
     page.click("#record")
-    page.wait_for_function("document.getElementById('audio').files.length === 1")
+    until(page, "document.getElementById('audio').files.length === 1")
     assert page.evaluate("document.getElementById('audio').files[0].name") == "recording.wav"
     with page.expect_navigation() as nav:
         page.click("#submit")

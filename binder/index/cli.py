@@ -2,7 +2,7 @@
 
 ``binder index build|add|delete|info``, ``binder search``, ``binder embed`` and ``binder serve``:
 thin argparse front ends over :class:`binder.Index`, :func:`binder.index.items.embed_items` and
-:mod:`binder.index.server`. Results go to stdout (a table, or JSON with ``--json``); progress and
+:mod:`binder.server`. Results go to stdout (a table, or JSON with ``--json``); progress and
 logs to stderr; a user error is one line ``error: ...`` and exit status 2.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from binder.errors import BinderInputError
@@ -35,6 +36,21 @@ def _weights(text: Optional[str]) -> Optional[List[float]]:
         raise BinderInputError(f"--weights must be comma-separated numbers like 0.5,0.5, got {text!r}") from None
 
 
+def _where(text: Optional[str]) -> Any:
+    """``--where``: a JSON object (``{"speaker": "theo"}``) or an SQL expression."""
+    if not text or not text.lstrip().startswith("{"):
+        return text
+    try:
+        where = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BinderInputError(f"--where {text!r} is not valid JSON ({err.msg} at character {err.pos}): give a JSON "
+                               "object like '{\"speaker\": \"jackson\"}' or an SQL expression like \"digit >= 5\"") \
+            from None
+    if not isinstance(where, dict):
+        raise BinderInputError(f"--where must be a JSON object or an SQL expression, got {text!r}")
+    return where
+
+
 def print_report(report: Any, out: Any = None) -> None:
     """The number indexed and every skipped file with its reason."""
     out = out or sys.stdout
@@ -52,10 +68,16 @@ def print_report(report: Any, out: Any = None) -> None:
 def index_build(args: argparse.Namespace) -> int:
     from binder.index import Index
 
+    from binder.index.core import check_target
+    from binder.index.items import check_bulk_options
+
+    check_bulk_options(args.batch_size, args.workers)
+    check_target(Path(args.output).expanduser().absolute(), args.overwrite)  # before loading the model
     model = _model(args.model)
     options = {k: v for k, v in (("url", args.url), ("collection", args.collection)) if v}
     index = Index.build(model, args.items, modality=args.modality, path=args.output, engine=args.engine,
-                        kind=args.kind, batch_size=args.batch_size, num_workers=args.workers, **options)
+                        kind=args.kind, batch_size=args.batch_size, num_workers=args.workers,
+                        overwrite=args.overwrite, wait=args.wait, **options)
     print_report(index.report)
     print(f"index: {index.path} ({index.manifest['engine']} {index.manifest.get('kind', '')}, {len(index)} items)")
     return 0
@@ -64,8 +86,11 @@ def index_build(args: argparse.Namespace) -> int:
 def index_add(args: argparse.Namespace) -> int:
     from binder.index import Index
 
-    index = Index.open(args.index, _model(args.model))
-    print_report(index.add(args.items, batch_size=args.batch_size, num_workers=args.workers))
+    from binder.index.items import check_bulk_options
+
+    check_bulk_options(args.batch_size, args.workers)
+    index = Index.open(args.index, _model(args.model), wait=args.wait)
+    print_report(index.add(args.items, batch_size=args.batch_size, num_workers=args.workers, wait=args.wait))
     print(f"index: {index.path} ({len(index)} items)")
     return 0
 
@@ -73,8 +98,8 @@ def index_add(args: argparse.Namespace) -> int:
 def index_delete(args: argparse.Namespace) -> int:
     from binder.index import Index
 
-    index = Index.open(args.index)
-    print(f"deleted {index.delete(args.ids)}; {len(index)} items left")
+    index = Index.open(args.index, wait=args.wait)
+    print(f"deleted {index.delete(args.ids, wait=args.wait)}; {len(index)} items left")
     return 0
 
 
@@ -95,13 +120,16 @@ def search(args: argparse.Namespace) -> int:
     query = {m: getattr(args, m) for m in QUERY_MODALITIES if getattr(args, m) is not None}
     if not query:
         raise BinderInputError("give a query: --image FILE, --audio FILE and/or --text TEXT")
+    from binder.index.core import check_k
+
+    check_k(args.k)
+    where = _where(args.where)
     index = Index.open(args.index, _model(args.model))
-    where = json.loads(args.where) if args.where and args.where.lstrip().startswith("{") else args.where
     hits = index.search(**query, weights=_weights(args.weights), k=args.k, where=where)
     records = hits.to_records()
     if args.html:
         from binder.files import atomic_write
-        from binder.index.html import results_page
+        from binder.server.render import results_page
 
         atomic_write(args.html, results_page(f"binder search: {index.path.name}", query, records))
         print(f"wrote {args.html}", file=sys.stderr)
@@ -122,8 +150,9 @@ def print_table(records: List[Dict[str, Any]]) -> None:
 
 def embed(args: argparse.Namespace) -> int:
     from binder.index.export import write_parquet
-    from binder.index.items import embed_items, gather
+    from binder.index.items import check_bulk_options, embed_items, gather
 
+    check_bulk_options(args.batch_size, args.workers)
     model = _model(args.model)
     report = embed_items(model, args.modality, gather(args.items, args.modality), args.batch_size, args.workers)
     write_parquet(report, args.output, model, args.modality)
@@ -136,7 +165,7 @@ def embed(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from binder.index.server import run_server
+    from binder.server import run_server
 
     run_server(args.index, args.model, host=args.host, port=args.port)
     return 0
@@ -149,6 +178,11 @@ def serve(args: argparse.Namespace) -> int:
 def _bulk_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes reading files (default 2)")
+
+
+def _wait_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
+                   help="while another process writes the same index, wait this long for it (default 600)")
 
 
 def add_commands(sub: Any) -> Dict[str, Callable[[argparse.Namespace], int]]:
@@ -168,15 +202,20 @@ def add_commands(sub: Any) -> Dict[str, Callable[[argparse.Namespace], int]]:
                             "ivf above)")
     build.add_argument("--url", help="qdrant: the server or cluster URL (default: local mode in the index folder)")
     build.add_argument("--collection", help="qdrant: the collection name")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace an existing index at the output path (anything else there is never replaced)")
     _bulk_options(build)
+    _wait_option(build)
     add = isub.add_parser("add", help="embed more items into an index")
     add.add_argument("index")
     add.add_argument("items", nargs="+")
     add.add_argument("--model", required=True)
     _bulk_options(add)
+    _wait_option(add)
     delete = isub.add_parser("delete", help="remove items by id")
     delete.add_argument("index")
     delete.add_argument("--ids", required=True, nargs="+", type=int)
+    _wait_option(delete)
     info = isub.add_parser("info", help="print an index's description as JSON")
     info.add_argument("index")
     info.add_argument("--fast", action="store_true", help="skip checking the files' digests")

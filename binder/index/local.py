@@ -5,12 +5,12 @@ A folder holds ``index.json`` (what the index is, which model made it, the files
 and ``items-<g>.sqlite``. A write (add, delete) produces generation ``g + 1`` beside ``g`` and
 then replaces ``index.json`` with one rename: a reader, or a writer killed at any moment, sees
 either the old index or the new one, never a mix. Files of other generations are leftovers of an
-interrupted write and are removed by the next one. Writers hold an exclusive ``flock``.
+interrupted write and are removed by the next one. Writers take turns through the index's lock
+(:func:`binder.files.exclusive`), and each re-reads ``index.json`` once it holds it.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -21,13 +21,11 @@ import numpy as np
 
 from binder.errors import BinderInputError
 from binder.index.engine import FaissEngine, resolve_kind
+from binder.index.items import FileRecord
 from binder.index.store import MetadataStore, Where
 from binder.files import file_digest
 
 log = logging.getLogger(__name__)
-
-LOCK = ".lock"
-
 
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -75,7 +73,7 @@ class LocalBackend:
     # ----- reading ----------------------------------------------------------------------------
 
     def count(self) -> int:
-        return self.store.count()
+        return len(self.engine)  # the live vectors, one per row of the store
 
     def columns(self) -> List[str]:
         return list(self.store.columns)
@@ -119,9 +117,13 @@ class LocalBackend:
                 (self.folder / name).unlink(missing_ok=True)
             raise
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> None:
-        self.store.insert(ids, rows)
+    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: Sequence[Mapping[str, Any]],
+            files: Optional[Sequence[Optional[FileRecord]]] = None) -> None:
+        self.store.insert(ids, rows, files)
         self.engine.add(ids, vectors)
+
+    def file_record(self, item_id: int) -> Optional[FileRecord]:
+        return self.store.file_record(item_id)
 
     def delete(self, ids: Sequence[int]) -> None:
         self.store.delete(ids)
@@ -151,7 +153,7 @@ class LocalBackend:
 
     def drop_other_generations(self) -> None:
         """Remove files of generations other than this one (after ``index.json`` points here)."""
-        keep = set(self.file_names(self.generation)) | {"index.json", LOCK}
+        keep = set(self.file_names(self.generation)) | {"index.json"}
         for p in self.folder.iterdir():
             if p.is_file() and p.name not in keep and (p.name.startswith(("vectors-", "items-")) or
                                                       p.name.endswith(".tmp")):
@@ -178,22 +180,3 @@ def check_files(folder: Path, files: Mapping[str, Any], names: Sequence[str], ve
                                    f"{path.stat().st_size} bytes, index.json says {record.get('size')}")
         if verify and file_digest(path) != record.get("sha256"):
             raise BinderInputError(f"index {str(folder)!r} is damaged: {name} does not match its recorded SHA-256")
-
-
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on the index folder for one writer at a time."""
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BinderInputError(f"index {str(folder)!r} is being written by another process; try again "
-                                   "when it is done") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def ensure_kind(kind: Optional[str]) -> str:
-    return resolve_kind(kind or "auto", 0) if kind not in (None, "auto") else "auto"

@@ -19,19 +19,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from binder.errors import BinderInputError
+from binder.errors import BinderInputError, BinderLockError
+from binder.index.items import FileRecord
 from binder.index.store import Where
 
 log = logging.getLogger(__name__)
 
 LOCAL_DIR = "qdrant"
 BATCH = 256
+FILE_KEY = "_file"  # the payload key of an item's file record (not metadata)
 
 
 def _models() -> Any:
@@ -40,15 +43,32 @@ def _models() -> Any:
     return models
 
 
-def connect(folder: Path, url: Optional[str]) -> Any:
-    """A client for ``url`` (a server or cluster), or local mode in ``folder/qdrant``."""
+def connect(folder: Path, url: Optional[str], wait: float = 600.0) -> Any:
+    """A client for ``url`` (a server or cluster), or local mode in ``folder/qdrant``. Local mode
+    serves one client at a time: while another process has the folder open, wait for it (at most
+    ``wait`` seconds, saying so once), then give up with one clear error."""
     try:
         from qdrant_client import QdrantClient
     except ImportError:
         raise BinderInputError("engine='qdrant' needs qdrant-client: pip install 'binder-embed[qdrant]'") from None
     if url:
         return QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY"), timeout=60)
-    return QdrantClient(path=str(folder / LOCAL_DIR))
+    deadline, told = time.monotonic() + max(0.0, wait), False
+    while True:
+        try:
+            return QdrantClient(path=str(folder / LOCAL_DIR))
+        except RuntimeError as err:
+            if "already accessed" not in str(err):
+                raise
+            if time.monotonic() >= deadline:
+                raise BinderLockError(f"index {str(folder)!r}: its local Qdrant storage is open in another process "
+                                      f"(gave up after {wait:g} s); local mode serves one process at a time: close "
+                                      "the other, or use a Qdrant server (url=) for concurrent access") from None
+            if not told:
+                log.warning("index %s: its local Qdrant storage is open in another process: waiting for it (at most "
+                            "%g s)", folder, wait)
+                told = True
+            time.sleep(0.2)
 
 
 def to_filter(where: Where) -> Any:
@@ -68,8 +88,11 @@ def to_filter(where: Where) -> Any:
     return models.Filter(must=must)
 
 
-def _payload(row: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items() if v is not None}
+def _payload(row: Mapping[str, Any], file: Optional[FileRecord] = None) -> Dict[str, Any]:
+    payload = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items() if v is not None}
+    if file is not None:
+        payload[FILE_KEY] = [file.real, file.size, file.mtime_ns]
+    return payload
 
 
 class QdrantBackend:
@@ -79,11 +102,12 @@ class QdrantBackend:
 
     def __init__(self, client: Any, alias: str, columns: List[str], url: Optional[str]) -> None:
         self.client, self.alias, self._columns, self.url = client, alias, list(columns), url
+        self._count: Optional[int] = None
 
     @classmethod
     def build(cls, tmp: Path, final: Path, dim: int, ids: np.ndarray, vectors: np.ndarray,
-              rows: Sequence[Mapping[str, Any]], url: Optional[str] = None, collection: Optional[str] = None,
-              **unused: Any) -> Dict[str, Any]:
+              rows: Sequence[Mapping[str, Any]], files: Optional[Sequence[Optional[FileRecord]]] = None,
+              url: Optional[str] = None, collection: Optional[str] = None, **unused: Any) -> Dict[str, Any]:
         """Write the points into a new collection and point the alias at it -> ``index.json`` fields.
         Local mode writes into ``tmp`` (the folder being built), which becomes ``final``."""
         if unused:
@@ -94,7 +118,7 @@ class QdrantBackend:
             generation = cls._next_generation(client, alias)
             physical = f"{alias}-{generation}"
             cls._create(client, physical, dim, rows, remote=bool(url))
-            cls._upsert(client, physical, ids, vectors, rows)
+            cls._upsert(client, physical, ids, vectors, rows, files)
             cls._switch_alias(client, alias, physical)
         finally:
             client.close()
@@ -121,13 +145,14 @@ class QdrantBackend:
                 client.create_payload_index(name, field_name=key, field_schema=schema)
 
     @staticmethod
-    def _upsert(client: Any, name: str, ids: np.ndarray, vectors: np.ndarray,
-                rows: Sequence[Mapping[str, Any]]) -> None:
+    def _upsert(client: Any, name: str, ids: np.ndarray, vectors: np.ndarray, rows: Sequence[Mapping[str, Any]],
+                files: Optional[Sequence[Optional[FileRecord]]] = None) -> None:
         models = _models()
+        files = list(files) if files is not None else [None] * len(ids)
         for start in range(0, len(ids), BATCH):
-            points = [models.PointStruct(id=int(i), vector=v.tolist(), payload=_payload(r))
-                      for i, v, r in zip(ids[start : start + BATCH], vectors[start : start + BATCH],
-                                         rows[start : start + BATCH])]
+            part = slice(start, start + BATCH)
+            points = [models.PointStruct(id=int(i), vector=v.tolist(), payload=_payload(r, f))
+                      for i, v, r, f in zip(ids[part], vectors[part], rows[part], files[part])]
             client.upsert(name, points=points, wait=True)
 
     @staticmethod
@@ -142,14 +167,14 @@ class QdrantBackend:
             client.delete_collection(name)
 
     @classmethod
-    def open(cls, folder: Path, manifest: Mapping[str, Any]) -> "QdrantBackend":
+    def open(cls, folder: Path, manifest: Mapping[str, Any], wait: float = 600.0) -> "QdrantBackend":
         info = manifest.get("qdrant") or {}
         if not isinstance(info, dict) or not info.get("collection"):
             raise BinderInputError(f"{str(folder / 'index.json')!r} is damaged: no qdrant collection recorded")
         if info.get("local") and not (folder / info["local"]).is_dir():
             raise BinderInputError(f"index {str(folder)!r} is damaged or half-written: "
                                    "its local qdrant folder is missing")
-        client = connect(folder, info.get("url"))
+        client = connect(folder, info.get("url"), wait)
         if not client.collection_exists(info["collection"]):
             client.close()
             raise BinderInputError(f"qdrant collection {info['collection']!r} of index {str(folder)!r} does not exist "
@@ -159,7 +184,9 @@ class QdrantBackend:
     # ----- reading ----------------------------------------------------------------------------
 
     def count(self) -> int:
-        return int(self.client.count(self.alias, exact=True).count)
+        if self._count is None:
+            self._count = int(self.client.count(self.alias, exact=True).count)
+        return self._count
 
     def columns(self) -> List[str]:
         return list(self._columns)
@@ -169,8 +196,16 @@ class QdrantBackend:
         out: Dict[int, Dict[str, Any]] = {}
         for start in range(0, len(wanted), 1000):
             for rec in self.client.retrieve(self.alias, ids=wanted[start : start + 1000], with_payload=True):
-                out[int(rec.id)] = dict(rec.payload or {})
+                row = dict(rec.payload or {})
+                row.pop(FILE_KEY, None)
+                out[int(rec.id)] = row
         return out
+
+    def file_record(self, item_id: int) -> Optional[FileRecord]:
+        found = self.client.retrieve(self.alias, ids=[int(item_id)], with_payload=[FILE_KEY])
+        record = (found[0].payload or {}).get(FILE_KEY) if found else None
+        return FileRecord(str(record[0]), int(record[1]), int(record[2])) if isinstance(record, list) and \
+            len(record) == 3 else None
 
     def hit_rows(self, ids: Sequence[int]) -> Dict[int, Tuple[str, Mapping[str, Any]]]:
         return {i: (row.pop("path"), MappingProxyType({c: v for c, v in row.items() if v is not None}))
@@ -197,13 +232,20 @@ class QdrantBackend:
     def writing(self) -> Iterator["QdrantBackend"]:
         yield self  # each add/delete is one request to the collection
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> None:
-        self._upsert(self.client, self.alias, ids, vectors, rows)
+    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: Sequence[Mapping[str, Any]],
+            files: Optional[Sequence[Optional[FileRecord]]] = None) -> None:
+        self._upsert(self.client, self.alias, ids, vectors, rows, files)
         self._columns = sorted(set(self._columns) | {k for r in rows for k in r})
+        self._count = None
 
     def delete(self, ids: Sequence[int]) -> None:
         models = _models()
         self.client.delete(self.alias, points_selector=models.PointIdsList(points=[int(i) for i in ids]), wait=True)
+        self._count = None
+
+    def follow(self, manifest: Mapping[str, Any]) -> None:
+        """Another process wrote to the collection: forget what was cached of it."""
+        self._columns, self._count = list(manifest.get("columns", self._columns)), None
 
     def finish(self, requested_kind: str) -> Dict[str, Any]:
         return {"columns": self._columns}

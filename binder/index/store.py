@@ -14,6 +14,7 @@ import math
 import numbers
 import re
 import sqlite3
+import time
 from types import MappingProxyType
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -22,6 +23,7 @@ import numpy as np
 
 from binder.errors import BinderInputError
 from binder.index.hits import Hit, Hits, hits_from_rows
+from binder.index.items import FileRecord
 
 Where = Union[None, str, Mapping[str, Any]]
 
@@ -30,6 +32,9 @@ RESERVED = ("id", "path")
 CACHE_ROWS = 1_000_000  # a read-only generation up to this size keeps its rows in memory for searches
 MMAP_BYTES = 1 << 30  # address space SQLite may map per connection (pages are shared with the OS cache)
 CHUNK = 900  # bound parameters per statement (below SQLite's oldest limit of 999)
+FILES = "files"  # the table of file records: id, real path, size, mtime_ns
+WHERE_SECONDS = 5.0  # an SQL where filter running longer is stopped
+WHERE_MAX_LENGTH = 1_000_000  # the largest string or blob an SQL where filter may make (bytes)
 
 
 def column_type(values: Iterable[Any]) -> str:
@@ -96,18 +101,40 @@ class MetadataStore:
             self.db.execute(f"ALTER TABLE items ADD COLUMN {_q(check_column(name))} {kind}")
             self.columns[name] = kind
 
-    def insert(self, ids: Sequence[int], rows: Sequence[Mapping[str, Any]]) -> None:
-        """Add one row per id (``rows``: ``path`` plus metadata columns)."""
+    def insert(self, ids: Sequence[int], rows: Sequence[Mapping[str, Any]],
+               files: Optional[Sequence[Optional[FileRecord]]] = None) -> None:
+        """Add one row per id (``rows``: ``path`` plus metadata columns) and the file records of
+        the rows that are files (what :meth:`file_record` checks before a file is served)."""
         self.ensure_columns(rows)
         names = list(self.columns)
         sql = f"INSERT INTO items ({', '.join(map(_q, names))}) VALUES ({', '.join('?' * len(names))})"
         values = [[int(i) if n == "id" else _plain(r.get(n)) for n in names] for i, r in zip(ids, rows)]
         self.db.executemany(sql, values)
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {FILES} (id INTEGER PRIMARY KEY, real TEXT NOT NULL, "
+                        "size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL)")
+        records = [(int(i), f.real, f.size, f.mtime_ns) for i, f in zip(ids, files or ()) if f is not None]
+        self.db.executemany(f"INSERT INTO {FILES} VALUES (?, ?, ?, ?)", records)
 
     def delete(self, ids: Sequence[int]) -> None:
+        has_files = self._has_files()
         for start in range(0, len(ids), CHUNK):
             part = [int(i) for i in ids[start : start + CHUNK]]
-            self.db.execute(f"DELETE FROM items WHERE id IN ({', '.join('?' * len(part))})", part)
+            marks = ", ".join("?" * len(part))
+            self.db.execute(f"DELETE FROM items WHERE id IN ({marks})", part)
+            if has_files:
+                self.db.execute(f"DELETE FROM {FILES} WHERE id IN ({marks})", part)
+
+    def _has_files(self) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (FILES,)).fetchone() \
+            is not None
+
+    def file_record(self, item_id: int) -> Optional[FileRecord]:
+        """What the item's file was when it was indexed; None for text, or an index made before
+        binder recorded files."""
+        if not self._has_files():
+            return None
+        row = self.db.execute(f"SELECT real, size, mtime_ns FROM {FILES} WHERE id = ?", (int(item_id),)).fetchone()
+        return FileRecord(*row) if row else None
 
     def commit(self) -> None:
         self.db.commit()
@@ -170,16 +197,36 @@ class MetadataStore:
             BinderInputError: an unknown column or a malformed filter, naming the columns there are.
         """
         if isinstance(where, str):
-            sql, params = f"SELECT id FROM items WHERE ({where})", []
-        elif isinstance(where, Mapping):
-            sql, params = self._dict_filter(where)
-        else:
+            return self._sql_filter(where)
+        if not isinstance(where, Mapping):
             raise BinderInputError(f"where must be a dict of column -> value(s) or an SQL expression, got {where!r}")
+        sql, params = self._dict_filter(where)
         try:
             return np.array([r[0] for r in self.db.execute(sql, params)], dtype=np.int64)
         except (sqlite3.DatabaseError, sqlite3.Warning) as err:
             raise BinderInputError(f"where={where!r} is not a valid filter ({err}); the metadata columns are "
                                    f"{list(self.columns)}") from None
+
+    def _sql_filter(self, where: str) -> np.ndarray:
+        """An SQL ``where`` on its own read-only connection, stopped after :data:`WHERE_SECONDS`
+        (a recursive or enormous query cannot run away) and with strings and blobs capped."""
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            db.execute("PRAGMA query_only = 1")
+            if hasattr(db, "setlimit"):  # Python 3.11+
+                db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, WHERE_MAX_LENGTH)
+            deadline = time.monotonic() + WHERE_SECONDS
+            db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # non-zero: interrupt
+            try:
+                return np.array([r[0] for r in db.execute(f"SELECT id FROM items WHERE ({where})")], dtype=np.int64)
+            except (sqlite3.DatabaseError, sqlite3.Warning, OverflowError) as err:
+                if time.monotonic() > deadline:
+                    raise BinderInputError(f"where={where[:200]!r} ran for over {WHERE_SECONDS:g} s and was stopped: "
+                                           "filter on the metadata columns with plain comparisons") from None
+                raise BinderInputError(f"where={where[:200]!r} is not a valid filter ({err}); the metadata columns "
+                                       f"are {list(self.columns)}") from None
+        finally:
+            db.close()
 
     def _dict_filter(self, where: Mapping[str, Any]) -> tuple:
         clauses, params = [], []
