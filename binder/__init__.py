@@ -1,34 +1,62 @@
 """binder: bind any sensor modality into one embedding space anchored on a frozen CLIP.
 
 After ImageBind (Girdhar et al., CVPR 2023, arXiv 2305.05665), with training, evaluation,
-fine-tuning and retrieval. Public API: :func:`load`, :func:`save`, :func:`merge`, :func:`use`,
-:func:`embed`, :func:`compose`, :class:`Index`, :func:`list_modalities`, :func:`register_modality`, :class:`ModalitySpec`,
-:class:`BindModel`, and :class:`Modality` (constants for the built-in modality names).
+fine-tuning and retrieval. Public API: :func:`load`, :func:`save`, :func:`merge`,
+:func:`create_model`, :func:`list_models`, :func:`use`, :func:`embed`, :func:`compose`,
+:func:`compose_embeddings`, :class:`Index`, :func:`list_modalities`, :func:`get_modality`,
+:func:`register_modality`, :class:`ModalitySpec`, :class:`BindModel`, :class:`Modality` (constants
+for the built-in modality names) and the errors of :mod:`binder.errors`.
+
+Names are imported on first use (PEP 562), so ``import binder`` and the command line start
+quickly and a submodule such as :mod:`binder.errors` can be imported without torch.
 """
-from binder.arithmetic import compose, compose_embeddings
-from binder.embed import embed, use
+from typing import TYPE_CHECKING, Any
+
 from binder.errors import (
     BinderConfigError,
     BinderError,
+    BinderIndexError,
     BinderInputError,
+    BinderLockError,
+    MissingDependencyError,
     ModelLoadError,
     NoDefaultModelError,
 )
-from binder.index import Index
-from binder.io import load, merge, save
-from binder.model import BindModel
-from binder.registry import (
-    ModalitySpec,
-    get_modality,
-    list_modalities,
-    register_modality,
-)
-from binder.types import Modality
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
-__all__ = [
-    "BindModel", "BinderConfigError", "BinderError", "BinderInputError", "Index", "ModalitySpec", "Modality",
-    "ModelLoadError", "NoDefaultModelError", "compose", "compose_embeddings", "embed", "get_modality", "list_modalities", "load", "merge", "register_modality",
-    "save", "use", "__version__",
-]
+_LAZY = {
+    "BindModel": "binder.model", "Index": "binder.index", "Modality": "binder.types",
+    "ModalitySpec": "binder.registry", "get_modality": "binder.registry", "list_modalities": "binder.registry",
+    "register_modality": "binder.registry", "compose": "binder.api", "embed": "binder.api", "use": "binder.api",
+    "compose_embeddings": "binder.arithmetic", "create_model": "binder.factory", "list_models": "binder.factory",
+    "load": "binder.io", "merge": "binder.io", "save": "binder.io",
+}
+
+__all__ = sorted([*_LAZY, "BinderConfigError", "BinderError", "BinderIndexError", "BinderInputError", "BinderLockError",
+                  "MissingDependencyError", "ModelLoadError", "NoDefaultModelError", "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    raise AttributeError(f"module 'binder' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and editors
+    from binder.api import compose, embed, use
+    from binder.arithmetic import compose_embeddings
+    from binder.factory import create_model, list_models
+    from binder.index import Index
+    from binder.io import load, merge, save
+    from binder.model import BindModel
+    from binder.registry import ModalitySpec, get_modality, list_modalities, register_modality
+    from binder.types import Modality

@@ -1,7 +1,8 @@
 """The frozen anchor: an image tower, a text tower, their transforms and tokenizer.
 
 ImageBind (arXiv 2305.05665, sec. 3.2) binds every modality to a frozen OpenCLIP image/text
-space. :class:`Anchor` is the interface binder relies on; :class:`OpenClipAnchor` serves any
+space. :class:`Anchor` is the interface binder relies on, and :data:`ANCHORS` the registry of
+its kinds; :class:`OpenClipAnchor` serves any
 open_clip model through one code path, ``open_clip.create_model_and_transforms(model,
 pretrained=...)``, where ``pretrained`` is a tag (``laion2b_s34b_b79k``) or a local checkpoint,
 and ``model`` may be ``local-dir:/path`` (open_clip's own folder format) or ``hf-hub:org/name``.
@@ -24,7 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from binder.config import SCHEMAS
 from binder.errors import BinderInputError, ModelLoadError, existing_file, reading
+from binder.extension import Registry
 from binder.logs import quiet_open_clip
 
 log = logging.getLogger(__name__)
@@ -67,16 +70,11 @@ def register_open_clip_configs() -> None:
 
 
 class Anchor(nn.Module):
-    """A frozen image/text pair. Always in eval mode, never trainable."""
+    """A frozen image/text pair. Always in eval mode, never trainable. A kind of anchor is a
+    subclass registered in :data:`ANCHORS` under its ``kind``."""
 
     kind: ClassVar[str] = ""
-    kinds: ClassVar[Dict[str, type]] = {}
     embed_dim: int
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.kind:
-            Anchor.kinds[cls.kind] = cls
 
     def freeze(self) -> "Anchor":
         """Disable gradients for every parameter and switch to eval mode."""
@@ -172,6 +170,18 @@ class OpenClipAnchorConfig:
     cache_dir: Optional[str] = None  # where open_clip caches downloaded weights
     precision: str = "fp32"  # open_clip precision string for the frozen towers
     build: Optional[Any] = None  # a recipe (with _target_) that trains the anchor when `pretrained` is missing
+
+
+SCHEMAS.register("anchor/open_clip", OpenClipAnchorConfig)
+
+
+ANCHORS: Registry = Registry("anchor kind", group="binder.anchors", builtin=("binder.imagebind.anchor",),
+                             check=lambda kind, name, cls: _check_anchor(name, cls), error=ModelLoadError)
+
+
+def _check_anchor(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Anchor)) or cls.kind != name:
+        raise BinderInputError(f"anchor kind {name!r} must be an Anchor subclass whose kind is {name!r}, got {cls!r}")
 
 
 class OpenClipAnchor(Anchor):
@@ -297,11 +307,7 @@ def _local_model_cfg(model: str) -> Dict[str, Any]:
         raise ModelLoadError(f"{str(path)!r} is not an open_clip folder config (model_cfg): {err}") from err
 
 
-def anchor_kinds() -> Dict[str, type]:
-    """Known anchor kinds -> classes (binder's own are imported here)."""
-    import binder.imagebind.anchor  # noqa: F401  (registers the "imagebind" kind)
-
-    return dict(Anchor.kinds)
+ANCHORS.register(OpenClipAnchor.kind, OpenClipAnchor)
 
 
 def build_anchor(description: Dict[str, Any]) -> Anchor:
@@ -312,10 +318,8 @@ def build_anchor(description: Dict[str, Any]) -> Anchor:
     """
     spec = dict(description)
     kind = spec.pop("kind", spec.pop("type", "open_clip"))
-    kinds = anchor_kinds()
-    if kind not in kinds:
-        raise ModelLoadError(f"unknown anchor kind {kind!r}; expected one of {sorted(kinds)}")
+    cls = ANCHORS.get(kind)
     try:
-        return kinds[kind](**spec)
+        return cls(**spec)
     except TypeError as err:
         raise ModelLoadError(f"anchor settings {sorted(spec)} do not fit the {kind!r} anchor: {err}") from err

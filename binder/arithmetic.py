@@ -147,18 +147,6 @@ def warn_uncalibrated(model: Any, modalities: Sequence[str]) -> None:
                     missing, next((m for m in missing if m != "image"), missing[0]))
 
 
-def compose(inputs: Mapping[str, Any], weights: Weights = None, *, model: Any = None, batch_size: int = 32,
-            sample_rate: Optional[float] = None) -> torch.Tensor:
-    """``binder.compose({"image": img, "audio": wav}, weights=[0.5, 0.5])``: one query per row
-    from raw inputs of several modalities, with the default model of :func:`binder.use` (or
-    ``model``). See :meth:`binder.BindModel.compose`."""
-    if model is None:
-        from binder.embed import default_model
-
-        model = default_model()
-    return model.compose(inputs, weights, batch_size=batch_size, sample_rate=sample_rate)
-
-
 @torch.no_grad()
 def calibrate_from_datamodule(model: Any, datamodule: Any, limit: int = 1024) -> Dict[str, float]:
     """Calibrate ``model`` (:meth:`~binder.BindModel.calibrate_embeddings`) on a data module's

@@ -1,13 +1,14 @@
 """Configs: dataclass schemas for Hydra, preset overrides, and checked ``_target_`` instantiation.
 
 binder's Hydra configs (lightning-hydra-template's groups: ``modality/ anchor/ data/ trainer/
-callbacks/ logger/ experiment/``) are backed by dataclass schemas stored in Hydra's ConfigStore
-(:func:`register_configs`), so a YAML file lists only what it sets and an unknown or mistyped key
-is an error naming the key and its group. Every bound modality's config dataclass is its schema
-(``schema/modality/<name>``); plugins' YAML files are stored from the registry, so
-``python train.py modality=<plugin>`` composes without binder knowing the plugin. Objects that
-take a config node (anchors, data modules, callbacks, loggers, the trainer) are built from
-``_target_`` by :func:`instantiate`, which checks the node's keys against the target first.
+callbacks/ logger/ experiment/``) are backed by dataclass schemas (:data:`SCHEMAS`, each registered
+by the module that defines it; the training app stores them in Hydra's ConfigStore), so a YAML
+file lists only what it sets and an unknown or mistyped key is an error naming the key and its
+group. Every bound modality's config dataclass is its schema (``schema/modality/<name>``); plugins'
+YAML files are stored from the registry, so ``python train.py modality=<plugin>`` composes without
+binder knowing the plugin. Objects that take a config node (anchors, data modules, callbacks,
+loggers, the trainer) are built from ``_target_`` by :func:`instantiate`, which checks the node's
+keys against the target first.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import logging
 from typing import Any, Dict, Mapping, Optional, Type, TypeVar
 
 from binder.errors import BinderConfigError
+from binder.extension import Registry
 
 log = logging.getLogger(__name__)
 
@@ -141,60 +143,10 @@ def instantiate(node: Any, group: str, **kwargs: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Schemas in Hydra's ConfigStore
+# Schemas of the config groups
 # ----------------------------------------------------------------------------------------------
 
-def register_configs() -> None:
-    """Store binder's schemas and every registered modality's config in Hydra's ConfigStore.
-
-    Idempotent; call before composing (``binder.training.main`` and the tests do).
-    """
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    from binder.anchor import OpenClipAnchorConfig
-    from binder.datasets.digits import DigitsConfig
-    from binder.datasets.llvip import LLVIPConfig
-    from binder.datasets.manifest import ManifestConfig
-    from binder.evaluation import EvalConfig
-    from binder.optim import OptimConfig
-    from binder.recipes.arithmetic import ArithmeticConfig
-    from binder.recipes.digits_anchor import DigitsAnchorRecipe
-    from binder.registry import get_modality, list_modalities
-
-    _register_resolvers()
-    cs = ConfigStore.instance()
-    for group, name, node in (("anchor", "open_clip", OpenClipAnchorConfig), ("anchor_build", "digits", DigitsAnchorRecipe),
-                              ("data", "digits", DigitsConfig),
-                              ("data", "manifest", ManifestConfig), ("data", "llvip", LLVIPConfig),
-                              ("optim", "adamw", OptimConfig), ("eval", "zero_shot", EvalConfig),
-                              ("arithmetic", "default", ArithmeticConfig)):
-        cs.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)
-    for name in list_modalities():
-        spec = get_modality(name)
-        cs.store(group=f"{SCHEMA_GROUP}/modality", name=name, node=spec.config_cls)
-        if spec.config_file is not None:  # a plugin's own YAML: the `modality=<name>` option
-            node = OmegaConf.to_container(OmegaConf.load(spec.config_file))
-            cs.store(group="modality", name=name, node=node, package=f"modality.{name}")
-        elif not _packaged_modality_yaml(name):  # no YAML at all: the dataclass defaults
-            cs.store(group="modality", name=name, node={"defaults": [f"/{SCHEMA_GROUP}/modality/{name}@_here_", "_self_"]},
-                     package=f"modality.{name}")
-
-
-def _packaged_modality_yaml(name: str) -> bool:
-    from importlib.resources import files
-
-    return files("binder.configs").joinpath("modality", f"{name}.yaml").is_file()
-
-
-def _register_resolvers() -> None:
-    """``${binder_names:${modality}}`` -> "audio-depth" (run folder names);
-    ``${binder_csv:${benchmark.modalities}}`` -> "audio,depth" (sweep parameters);
-    ``${binder_first:${a},b}`` -> the first value that is not null (``oc.select`` keeps a null)."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("binder_names", lambda node: "-".join(node.keys()) if hasattr(node, "keys")
-                                    else str(node), replace=True)
-    OmegaConf.register_new_resolver("binder_csv", lambda items: ",".join(str(i) for i in items), replace=True)
-    OmegaConf.register_new_resolver("binder_first", lambda *values: next((v for v in values if v is not None), None),
-                                    replace=True)
+SCHEMAS: Registry = Registry("config schema", group="binder.config_schemas", error=BinderConfigError)
+"""``"group/name"`` -> the dataclass that is the schema of that option of a config group
+(``"data/digits"`` -> :class:`binder.datasets.digits.DigitsConfig`). Each module registers its
+own; the training app stores them in Hydra's ConfigStore under ``schema/<group>/<name>``."""

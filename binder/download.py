@@ -28,7 +28,7 @@ from typing import Union
 
 from tqdm.auto import tqdm
 
-from binder.errors import ModelLoadError
+from binder.errors import BinderInputError, ModelLoadError
 from binder.files import atomic_write, hash_file
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,12 @@ def _sidecar_path(dest: Path) -> Path:
 
 
 def _normalise_sha256(value: str | None) -> str | None:
-    """Lower-case hex digest, or None; raises ValueError for anything else."""
+    """Lower-case hex digest, or None; raises BinderInputError for anything else."""
     if value is None:
         return None
     digest = value.strip().lower()
     if not _SHA256_RE.fullmatch(digest):
-        raise ValueError(f"sha256 must be 64 hexadecimal characters, got {value!r}")
+        raise BinderInputError(f"sha256 must be 64 hexadecimal characters, got {value!r}")
     return digest
 
 
@@ -123,12 +123,12 @@ def download(url: str, dest: PathLike, *, sha256: str | None = None, size: int |
 
     Raises:
         ModelLoadError: The download failed, or a size or digest does not match.
-        ValueError: ``sha256`` is not a hex digest, or ``size`` is negative.
+        BinderInputError: ``sha256`` is not a hex digest, or ``size`` is negative.
     """
     dest = Path(dest).expanduser()
     want_sha = _normalise_sha256(sha256)
     if size is not None and size < 0:
-        raise ValueError(f"size must be >= 0, got {size}")
+        raise BinderInputError(f"size must be >= 0, got {size}")
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ModelLoadError(f"Cannot download {url!r}: expected an http:// or https:// URL")
     if dest.is_file():

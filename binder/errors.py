@@ -1,6 +1,15 @@
-"""Exceptions binder raises for bad input, bad configs and bad model files.
+"""binder's one error hierarchy: every error it raises on purpose is a :class:`BinderError`.
 
-Every error names the offending input and states what was expected (DEVELOPERS.md, standard 9).
+Each names the offending input (file, key, name, index) and states what was expected; the CLI
+prints it as one line ``error: ...`` with exit status 2 (``binder.cli``), never a traceback.
+
+- :class:`BinderInputError` (also a ``ValueError``): an input is missing, corrupt or of the wrong form.
+- :class:`BinderConfigError` (``ValueError``): a configuration key or value is wrong.
+- :class:`ModelLoadError` (``RuntimeError``): a model folder or checkpoint cannot be loaded.
+- :class:`BinderIndexError` (``RuntimeError``): an index folder is damaged, foreign or half-written.
+- :class:`BinderLockError` (``RuntimeError``): another process holds a lock for longer than allowed.
+- :class:`MissingDependencyError` (``ImportError``): an optional package is not installed.
+- :class:`NoDefaultModelError` (``RuntimeError``): :func:`binder.embed` before :func:`binder.use`.
 """
 import os
 from pathlib import Path
@@ -14,8 +23,19 @@ class BinderInputError(BinderError, ValueError):
     """An input (file, array, tensor, name) is missing, corrupt or of the wrong form."""
 
 
+class BinderIndexError(BinderError, RuntimeError):
+    """An index folder is damaged, half-written, foreign, or was changed under a writer."""
+
+
 class BinderLockError(BinderError, RuntimeError):
     """Another process holds the lock of what this one wants to write, for longer than allowed."""
+
+
+class MissingDependencyError(BinderError, ImportError):
+    """An optional package that a feature needs is not installed; says how to install it."""
+
+    def __init__(self, package: str, feature: str, extra: str) -> None:
+        super().__init__(f"{feature} needs {package}: pip install 'binder-embed[{extra}]'")
 
 
 class BinderConfigError(BinderError, ValueError):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from binder.config import SCHEMAS
 from binder.files import atomic_write
 
 
@@ -25,6 +26,9 @@ class EvalConfig:
 
     zero_shot: bool = True  # emergent zero-shot table + metrics.json at the end of the run
     batch_size: int = 64  # inputs per forward pass
+
+
+SCHEMAS.register("eval/zero_shot", EvalConfig)
 
 
 @torch.no_grad()

@@ -184,6 +184,20 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {len(self._items)} registered)"
 
 
+def import_modules(target: str) -> List[str]:
+    """Import ``target`` and, when it is a package, every public module of it (each registering
+    what it defines, as discovery does); returns the names imported. A module that fails to
+    import is logged and skipped."""
+    failed: Dict[str, str] = {}
+    names = _modules(target, failed)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as err:
+            log.warning("could not import %s: %s: %s", name, type(err).__name__, err)
+    return names
+
+
 def _modules(target: str, failed: Dict[str, str]) -> List[str]:
     """``target`` itself, or every public module of the package ``target``."""
     try:

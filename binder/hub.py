@@ -6,7 +6,8 @@ Design:
   never half-written, size and SHA-256 checked. Files whose publisher gives no checksum (Meta's
   ImageBind weights) are *trusted on first use*: the digest computed while streaming is kept in a
   sidecar and every later cache hit is checked against it.
-* A small registry (:func:`register_pretrained`) names well-known files. The URL of each can be
+* A registry (:data:`PRETRAINED`, :func:`register_pretrained`) names well-known files; each is
+  registered by the module that owns it (``imagebind_huge`` by :mod:`binder.imagebind`). The URL of each can be
   redirected with ``BINDER_PRETRAINED_URL_<NAME>`` (mirrors, air-gapped sites, tests).
 * :func:`resolve` turns the *source* string a user passes into a local path: an existing path,
   a registered name, an http(s) URL, or ``hf-hub:org/name[@revision]`` (via ``huggingface_hub``).
@@ -37,7 +38,8 @@ from binder.download import (
     cache_dir,
     download,
 )
-from binder.errors import ModelLoadError
+from binder.errors import BinderInputError, ModelLoadError
+from binder.extension import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -75,39 +77,33 @@ class PretrainedFile:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", self.name):
-            raise ValueError(f"pretrained name must be letters, digits, '_', '.' or '-', got {self.name!r}")
+            raise BinderInputError(f"pretrained name must be letters, digits, '_', '.' or '-', got {self.name!r}")
         if not self.filename or Path(self.filename).name != self.filename or self.filename in (".", ".."):
-            raise ValueError(f"filename of {self.name!r} must be a plain file name, got {self.filename!r}")
+            raise BinderInputError(f"filename of {self.name!r} must be a plain file name, got {self.filename!r}")
         if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
-            raise ValueError(f"url of {self.name!r} must be http(s), got {self.url!r}")
+            raise BinderInputError(f"url of {self.name!r} must be http(s), got {self.url!r}")
         if self.size is not None and self.size < 0:
-            raise ValueError(f"size of {self.name!r} must be >= 0, got {self.size}")
+            raise BinderInputError(f"size of {self.name!r} must be >= 0, got {self.size}")
         object.__setattr__(self, "sha256", _normalise_sha256(self.sha256))
 
 
-_REGISTRY: dict[str, PretrainedFile] = {}
+PRETRAINED: Registry = Registry("pretrained name", group="binder.pretrained", builtin=("binder.imagebind",),
+                                error=ModelLoadError)
 
 
 def register_pretrained(entry: PretrainedFile, *, replace: bool = False) -> PretrainedFile:
-    """Add ``entry`` to the registry; ValueError if its name is taken and not ``replace``."""
-    if entry.name in _REGISTRY and not replace and _REGISTRY[entry.name] != entry:
-        raise ValueError(f"pretrained name {entry.name!r} is already registered; pass replace=True")
-    _REGISTRY[entry.name] = entry
-    return entry
+    """Add ``entry`` to :data:`PRETRAINED`; refused if its name is taken by another entry and not ``replace``."""
+    return PRETRAINED.register(entry.name, entry, replace=replace)
 
 
 def list_pretrained() -> list[str]:
     """Names of the registered pretrained files, sorted."""
-    return sorted(_REGISTRY)
+    return PRETRAINED.list()
 
 
 def get_pretrained(name: str) -> PretrainedFile:
     """The registered entry ``name``; ModelLoadError listing the known names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ModelLoadError(f"Unknown pretrained name {name!r}: expected one of "
-                             f"{', '.join(list_pretrained()) or '(none registered)'}") from None
+    return PRETRAINED.get(name)
 
 
 def url_env_var(name: str) -> str:
@@ -140,14 +136,6 @@ def fetch_pretrained(name: str, *, cache_dir: PathLike | None = None, verify: bo
                     progress=progress, verify=verify)
 
 
-# Meta publishes no checksum or size for the ImageBind weights: the file is trusted on first use
-# (its SHA-256 is recorded in imagebind_huge.pth.sha256 and checked on every later cache hit).
-register_pretrained(PretrainedFile(
-    name="imagebind_huge", url="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth",
-    filename="imagebind_huge.pth", kind="imagebind",
-    description="Official ImageBind (huge) checkpoint from Meta AI, about 4.5 GB"))
-
-
 # --------------------------------------------------------------------------- resolve
 @dataclass(frozen=True)
 class Resolved:
@@ -176,7 +164,7 @@ def resolve(source: PathLike, *, cache_dir: PathLike | None = None, revision: st
 
     Raises:
         ModelLoadError: ``source`` matches no accepted form or cannot be fetched.
-        ValueError: ``revision`` is given for a source that is not ``hf-hub:``, or disagrees
+        BinderInputError: ``revision`` is given for a source that is not ``hf-hub:``, or disagrees
             with the ``@revision`` in it.
     """
     text = os.fspath(source)
@@ -184,16 +172,16 @@ def resolve(source: PathLike, *, cache_dir: PathLike | None = None, revision: st
     if text.startswith(HUB_PREFIX):
         return _resolve_hub(text, revision, root, progress)
     if revision is not None:
-        raise ValueError(f"revision={revision!r} only applies to hf-hub: sources, got {text!r}")
+        raise BinderInputError(f"revision={revision!r} only applies to hf-hub: sources, got {text!r}")
     if urllib.parse.urlsplit(text).scheme in ("http", "https"):
         dest = root / "downloads" / hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] / _url_basename(text)
         return Resolved("path", download(text, dest, verify=verify, progress=progress), text)
     local = Path(text).expanduser()
     if text and local.exists():
         return Resolved("path", local.absolute(), text)
-    if text in _REGISTRY:
+    if text in PRETRAINED:
         path = fetch_pretrained(text, cache_dir=root, verify=verify, progress=progress)
-        return Resolved(_REGISTRY[text].kind, path, text)
+        return Resolved(PRETRAINED.get(text).kind, path, text)
     raise ModelLoadError(_unknown_source(text))
 
 
@@ -229,7 +217,7 @@ def _parse_hub(source: str, revision: str | None) -> tuple[str, str | None]:
         raise ModelLoadError(f"Invalid Hugging Face Hub source {source!r}: expected hf-hub:org/name "
                              "or hf-hub:org/name@revision")
     if revision is not None and pinned and revision != pinned:
-        raise ValueError(f"revision={revision!r} disagrees with the revision in {source!r}")
+        raise BinderInputError(f"revision={revision!r} disagrees with the revision in {source!r}")
     return repo_id, revision or pinned or None
 
 

@@ -1,5 +1,12 @@
 """Saving, loading and merging binder models: safetensors weights + a JSON config.
 
+:func:`load` takes a model folder, a checkpoint file, a registered model name, ``hf-hub:`` or
+``open_clip:`` sources and URLs, and resolves each through the registries of
+:mod:`binder.factory` (names -> :data:`~binder.factory.MODELS`, files and folders -> the
+:data:`~binder.factory.FORMATS` that recognises them, ``config.json``'s architecture ->
+:data:`~binder.factory.ARCHITECTURES`); this module knows no model class and no checkpoint
+format but its own (``binder``, registered here).
+
 A model folder holds ``config.json`` (the anchor's description and fingerprint, every bound
 modality's preprocessing + encoder settings, and the SHA-256 of every weight file),
 ``model.safetensors`` (bound encoders and heads only) and, when the anchor's weights are local,
@@ -21,8 +28,9 @@ from safetensors.torch import load_file, save_file
 
 from binder.anchor import build_anchor
 from binder.errors import BinderError, BinderInputError, ModelLoadError
+from binder.factory import ARCHITECTURES, FORMATS, MODELS, create_model, recognise
 from binder.files import atomic_folder, file_digest, recover
-from binder.model import BindModel, build_config, config_to_dict
+from binder.registry import build_config, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +38,7 @@ FORMAT, VERSION = "binder", 2
 CONFIG_NAME, WEIGHTS_NAME, ANCHOR_DIR = "config.json", "model.safetensors", "anchor"
 
 
-def model_config(model: BindModel) -> Dict[str, Any]:
+def model_config(model: Any) -> Dict[str, Any]:
     """The JSON-able description :func:`load` rebuilds ``model`` from (weights not included)."""
     return {
         "format": FORMAT,
@@ -55,7 +63,7 @@ def _relative_anchor(description: Dict[str, Any], folder: Path) -> Dict[str, Any
     return out
 
 
-def save(model: BindModel, path: "str | Path") -> Path:
+def save(model: Any, path: "str | Path") -> Path:
     """Write ``model`` to the folder ``path`` (atomically replacing an existing one).
 
     Returns:
@@ -137,7 +145,7 @@ def _configs(path: Path, config: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _check_state(model: BindModel, state: Dict[str, torch.Tensor], where: Path) -> None:
+def _check_state(model: Any, state: Dict[str, torch.Tensor], where: Path) -> None:
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("anchor.")}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -149,18 +157,7 @@ def _check_state(model: BindModel, state: Dict[str, torch.Tensor], where: Path) 
         raise ModelLoadError(f"weights in {str(where)!r} have the wrong shapes for config.json: {bad[:5]}")
 
 
-def model_class(architecture: str) -> type:
-    """The BindModel class of a config's ``architecture``."""
-    if architecture == "imagebind":
-        from binder.imagebind.model import ImageBindModel
-
-        return ImageBindModel
-    if architecture != "bind":
-        raise ModelLoadError(f"unknown model architecture {architecture!r}; expected 'bind' or 'imagebind'")
-    return BindModel
-
-
-def load_folder(path: "str | Path", device: "str | torch.device" = "cpu", verify: bool = True) -> BindModel:
+def load_folder(path: "str | Path", device: "str | torch.device" = "cpu", verify: bool = True, **unused: Any) -> Any:
     """Rebuild a model (anchor, encoders, heads, preprocessing) from a folder written by :func:`save`."""
     path = Path(path).expanduser()
     recover(path.absolute())
@@ -179,7 +176,7 @@ def load_folder(path: "str | Path", device: "str | torch.device" = "cpu", verify
         raise ModelLoadError(f"{str(weights)!r} is not a readable safetensors file: {err}") from err
     try:
         anchor = build_anchor(_relative_anchor(config["anchor"], path))
-        model = model_class(config.get("architecture", "bind"))(anchor, configs)
+        model = ARCHITECTURES.get(config.get("architecture", "bind"))(anchor, configs)
     except BinderError as err:
         raise ModelLoadError(f"config.json in {str(path)!r} does not describe a buildable model: {err}") from None
     expected = config.get("anchor_fingerprint")
@@ -207,26 +204,43 @@ def _spreads(config: Dict[str, Any], path: Path) -> Dict[str, float]:
 # Any source
 # ----------------------------------------------------------------------------------------------
 
-def _open_clip_model(source: str, pretrained: Optional[str], device: "str | torch.device") -> BindModel:
-    from binder.anchor import OpenClipAnchor
+class FolderFormat:
+    """binder's own format: a folder with ``config.json`` and ``model.safetensors``."""
 
+    name = "binder"
+
+    def recognises(self, path: Path) -> bool:
+        return path.is_dir() and (path / CONFIG_NAME).is_file()
+
+    def load(self, path: Path, **options: Any) -> Any:
+        return load_folder(path, **options)
+
+
+FORMATS.register(FolderFormat.name, FolderFormat())
+
+
+def _open_clip_model(source: str, pretrained: Optional[str], device: "str | torch.device") -> Any:
     name = source[len("open_clip:"):]
     if "@" in name and pretrained is None:
         name, pretrained = name.rsplit("@", 1)
-    return BindModel(OpenClipAnchor(model=name, pretrained=pretrained), {}).to(device).eval()
+    model = create_model("bind", anchor={"kind": "open_clip", "model": name, "pretrained": pretrained})
+    return model.to(device).eval()
 
 
 def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: bool = True,
          revision: Optional[str] = None, pretrained: Optional[str] = None,
-         modalities: Optional[Sequence[str]] = None) -> BindModel:
+         modalities: Optional[Sequence[str]] = None) -> Any:
     """Load a model from any of these sources:
 
     * a folder written by :func:`save` / ``save_pretrained`` (e.g. a run's ``outputs/.../model``);
-    * an official ImageBind checkpoint file (``imagebind_huge.pth``), or the name
-      ``"imagebind_huge"`` (downloaded once into the cache, size and checksum checked, resumable);
+    * an official ImageBind checkpoint file (``imagebind_huge.pth``), or any file or folder a
+      registered format recognises (:data:`binder.factory.FORMATS`);
+    * a registered model name with published weights (``"imagebind_huge"``: downloaded once into
+      the cache, size and checksum checked, resumable): :func:`binder.create_model` with
+      ``pretrained=True``;
     * a Hugging Face Hub repository holding a saved binder model: ``"hf-hub:org/name"``
       (optionally ``"hf-hub:org/name@revision"`` or ``revision=``);
-    * an ``http(s)://`` URL of an ImageBind checkpoint;
+    * an ``http(s)://`` URL of a checkpoint;
     * an open_clip model alone (image and text only): ``"open_clip:ViT-B-32@laion2b_s34b_b79k"``
       or ``"open_clip:ViT-B-32"`` with ``pretrained=`` a tag or a local checkpoint.
 
@@ -249,20 +263,54 @@ def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: 
     local = Path(text).expanduser()
     if not local.exists():
         recover(local.absolute())  # a folder a killed save had moved aside
+    options = {"device": device, "verify": verify, **({"modalities": modalities} if modalities is not None else {})}
+    if not local.exists() and text in MODELS:
+        return create_model(text, pretrained=True, **options)
     resolved = resolve(text, revision=revision, verify=verify)
-    path = resolved.path
-    if resolved.kind == "imagebind" or (path.is_file() and path.suffix in (".pth", ".pt")):
-        from binder.imagebind.load import load_checkpoint
+    kind = resolved.kind if resolved.kind in FORMATS else recognise(resolved.path)
+    return FORMATS.get(kind).load(resolved.path, **options)
 
-        return load_checkpoint(path, device=device, modalities=modalities)
-    return load_folder(path, device=device, verify=verify)
+
+class HubMixin:
+    """Hugging Face habits on a model: ``save_pretrained``, ``from_pretrained``, ``push_to_hub``."""
+
+    def save_pretrained(self, save_directory: "str | Path", *, push_to_hub: bool = False,
+                        repo_id: Optional[str] = None, **hub_kwargs: Any) -> Path:
+        """Save to a folder (see :func:`binder.save`); with ``push_to_hub``, also upload it to the
+        Hugging Face Hub repository ``repo_id`` (default: the folder's name)."""
+        path = save(self, save_directory)
+        if push_to_hub:
+            from binder.hub import push_folder_to_hub
+
+            push_folder_to_hub(path, repo_id or path.name, **hub_kwargs)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: "str | Path", **kwargs: Any) -> Any:
+        """Load a model from a folder, ``hf-hub:org/name``, a pretrained name or a checkpoint
+        (everything :func:`binder.load` accepts; keyword arguments go to it)."""
+        model = load(name_or_path, **kwargs)
+        if not isinstance(model, cls):
+            raise BinderInputError(f"{str(name_or_path)!r} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def push_to_hub(self, repo_id: str, *, token: Optional[str] = None, private: bool = False,
+                    commit_message: str = "Upload binder model") -> str:
+        """Save to a temporary folder and upload it to the Hugging Face Hub; returns the URL."""
+        import tempfile
+
+        from binder.hub import push_folder_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save(self, Path(tmp) / "model")
+            return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
 
 
 # ----------------------------------------------------------------------------------------------
 # Merging models that share an anchor
 # ----------------------------------------------------------------------------------------------
 
-def merge(*models: "BindModel | str | Path", device: "str | torch.device" = "cpu") -> BindModel:
+def merge(*models: Any, device: "str | torch.device" = "cpu") -> Any:
     """One model that embeds every modality of ``models`` (models or anything :func:`load` takes).
 
     The models must share their anchor exactly (same fingerprint of the anchor's weights), so
@@ -273,7 +321,7 @@ def merge(*models: "BindModel | str | Path", device: "str | torch.device" = "cpu
     """
     if len(models) < 2:
         raise BinderInputError(f"merge() needs at least two models, got {len(models)}")
-    loaded = [m if isinstance(m, BindModel) else load(m, device=device) for m in models]
+    loaded = [m if isinstance(m, torch.nn.Module) else load(m, device=device) for m in models]
     names = [getattr(m, "name_or_path", None) or f"model {i}" for i, m in enumerate(loaded)]
     first = loaded[0]
     for name, m in zip(names[1:], loaded[1:]):

@@ -19,29 +19,15 @@ from einops import rearrange
 from torch import nn
 
 from binder.anchor import Anchor, hash_tensors
-from binder.config import build_dataclass
-from binder.embed import EmbedMixin
+from binder.embedding import EmbedMixin
 from binder.errors import BinderInputError
-from binder.registry import check_modality, get_modality, resolve_ref
+from binder.factory import ARCHITECTURES, MODELS
+from binder.io import HubMixin
+from binder.registry import build_config, check_modality, get_modality, resolve_ref
 from binder.types import ANCHOR_MODALITIES, IMAGE, TEXT, TensorDict, modality_name
 
 
-def config_to_dict(cfg: Any) -> Dict[str, Any]:
-    """A modality config dataclass (possibly nested) -> plain JSON-able dict."""
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-
-
-def build_config(modality: str, values: Any) -> Any:
-    """The registered config dataclass of ``modality``, validated and built from plain values.
-
-    Raises:
-        BinderConfigError: an unknown key or a value of the wrong type, naming it.
-    """
-    spec = get_modality(modality)
-    return build_dataclass(spec.config_cls, values, f"modality {spec.name!r}")
-
-
-class BindModel(EmbedMixin, nn.Module):
+class BindModel(EmbedMixin, HubMixin, nn.Module):
     """A frozen anchor plus trainable encoders for the bound modalities.
 
     Args:
@@ -195,40 +181,30 @@ class BindModel(EmbedMixin, nn.Module):
         """Parameters of the bound encoders and heads (never the anchor's)."""
         return [p for name, p in self.named_parameters() if not name.startswith("anchor.") and p.requires_grad]
 
-    # ----- Hugging Face-style saving and loading ---------------------------------------------
 
-    def save_pretrained(self, save_directory: "str | Path", *, push_to_hub: bool = False,
-                        repo_id: Optional[str] = None, **hub_kwargs: Any) -> Path:
-        """Save to a folder (see :func:`binder.save`); with ``push_to_hub``, also upload it to the
-        Hugging Face Hub repository ``repo_id`` (default: the folder's name)."""
-        from binder.io import save
 
-        path = save(self, save_directory)
-        if push_to_hub:
-            from binder.hub import push_folder_to_hub
+def create_bind(pretrained: bool = False, anchor: Any = "binder-digits", modalities: Any = ()) -> BindModel:
+    """The ``bind`` model of :func:`binder.create_model`: a frozen anchor plus fresh encoders.
 
-            push_folder_to_hub(path, repo_id or path.name, **hub_kwargs)
-        return path
+    Args:
+        pretrained: Must be False: ``bind`` names an architecture, not published weights (train
+            one with ``binder train``, or load a saved model with :func:`binder.load`).
+        anchor: An :class:`~binder.anchor.Anchor`, an open_clip model name (``"ViT-H-14"``, random
+            weights; ``"binder-digits"``), or an anchor description (``{"kind": "open_clip",
+            "model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}``).
+        modalities: Bound modalities: names (their default configs) or ``{name: config values}``.
+    """
+    from binder.anchor import build_anchor
+    from binder.errors import ModelLoadError
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: "str | Path", **kwargs: Any) -> "BindModel":
-        """Load a model from a folder, ``hf-hub:org/name``, a pretrained name or a checkpoint
-        (everything :func:`binder.load` accepts; keyword arguments go to it)."""
-        from binder.io import load
+    if pretrained:
+        raise ModelLoadError("'bind' names an architecture, not published weights: create it with pretrained=False "
+                             "and train it (binder train), or load a saved model with binder.load")
+    if not isinstance(anchor, Anchor):
+        anchor = build_anchor({"kind": "open_clip", "model": anchor} if isinstance(anchor, str) else dict(anchor))
+    configs = dict(modalities) if isinstance(modalities, Mapping) else {m: {} for m in modalities}
+    return BindModel(anchor, {name: build_config(name, values or {}) for name, values in configs.items()})
 
-        model = load(name_or_path, **kwargs)
-        if not isinstance(model, cls):
-            raise BinderInputError(f"{str(name_or_path)!r} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
 
-    def push_to_hub(self, repo_id: str, *, token: Optional[str] = None, private: bool = False,
-                    commit_message: str = "Upload binder model") -> str:
-        """Save to a temporary folder and upload it to the Hugging Face Hub; returns the URL."""
-        import tempfile
-
-        from binder.hub import push_folder_to_hub
-        from binder.io import save
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = save(self, Path(tmp) / "model")
-            return push_folder_to_hub(folder, repo_id, token=token, private=private, commit_message=commit_message)
+ARCHITECTURES.register("bind", BindModel)
+MODELS.register("bind", create_bind)

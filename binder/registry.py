@@ -10,6 +10,7 @@ plugin adds a modality without touching binder (see ``examples/plugin_modality``
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import logging
@@ -166,3 +167,20 @@ def check_modality(name: Any) -> str:
     if name not in ANCHOR_MODALITIES:
         get_modality(name)
     return name
+
+
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    """A modality config dataclass (possibly nested) -> plain JSON-able dict."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def build_config(modality: str, values: Any) -> Any:
+    """The registered config dataclass of ``modality``, validated and built from plain values.
+
+    Raises:
+        BinderConfigError: an unknown key or a value of the wrong type, naming it.
+    """
+    from binder.config import build_dataclass
+
+    spec = get_modality(modality)
+    return build_dataclass(spec.config_cls, values, f"modality {spec.name!r}")

@@ -3,3 +3,6 @@
 The repository keeps them in the top-level ``configs/`` folder; the wheel installs them as
 ``binder/configs``, so ``binder train`` composes the same configs from any directory.
 """
+from binder.layout import step_aside
+
+step_aside(__name__, __file__)

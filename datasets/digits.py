@@ -25,8 +25,8 @@ from lightning.pytorch.utilities import CombinedLoader
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from binder.config import build_dataclass
-from binder.data import PairedDataModule, combine
+from binder.config import SCHEMAS, build_dataclass
+from binder.training.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.logs import progress
 from binder.registry import get_modality, list_modalities, resolve_ref
@@ -79,6 +79,9 @@ class DigitsConfig:
         if self.batch_size < 1 or self.epoch_size < 1 or self.num_workers < 0:
             raise BinderConfigError(f"data.batch_size and data.epoch_size must be >= 1 and num_workers >= 0, got "
                                     f"{self.batch_size}, {self.epoch_size}, {self.num_workers}")
+
+
+SCHEMAS.register("data/digits", DigitsConfig)
 
 
 class DigitsWorld:

@@ -31,8 +31,8 @@ from binder.datasets.paths import data_root
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from binder.config import build_dataclass
-from binder.data import PairedDataModule, combine
+from binder.config import SCHEMAS, build_dataclass
+from binder.training.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.types import IMAGE
 
@@ -60,6 +60,9 @@ class LLVIPConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise BinderConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+SCHEMAS.register("data/llvip", LLVIPConfig)
 
 
 def llvip_root(explicit: Optional[str] = None) -> Path:

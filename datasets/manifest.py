@@ -21,8 +21,8 @@ import numpy as np
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from binder.config import build_dataclass
-from binder.data import PairedDataModule, combine
+from binder.config import SCHEMAS, build_dataclass
+from binder.training.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.logs import progress
 from binder.types import IMAGE, TEXT
@@ -51,6 +51,9 @@ class ManifestConfig:
         if not 0.0 <= self.val_fraction < 1.0 or self.batch_size < 1 or self.num_workers < 0:
             raise BinderConfigError(f"data.val_fraction must be in [0, 1), batch_size >= 1 and num_workers >= 0, got "
                                     f"{self.val_fraction}, {self.batch_size}, {self.num_workers}")
+
+
+SCHEMAS.register("data/manifest", ManifestConfig)
 
 
 def _rows(path: Path) -> List[Dict[str, Any]]:

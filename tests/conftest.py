@@ -77,7 +77,7 @@ def compose() -> Callable[[List[str]], DictConfig]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from binder.config import register_configs
+    from binder.training.app import register_configs
 
     register_configs()
 

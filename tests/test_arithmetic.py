@@ -82,7 +82,7 @@ def test_model_compose_on_raw_inputs_and_the_default_model(model, monkeypatch):
     assert q.shape == (1, model.anchor.embed_dim) and torch.allclose(q.norm(dim=-1), torch.ones(1))
     z = model.embed(image=img, audio=wav)
     torch.testing.assert_close(q, compose_embeddings(z, [0.3, 0.7], model.query_spreads))
-    monkeypatch.setattr(importlib.import_module("binder.embed"), "_default_model", None)
+    monkeypatch.setattr(importlib.import_module("binder.api"), "_default_model", None)
     with pytest.raises(NoDefaultModelError, match="binder.use"):
         binder.compose({"text": "three"})
     binder.use(model)

@@ -40,10 +40,12 @@ def files() -> Iterator[FileServer]:
 @pytest.fixture
 def registry() -> Iterator[None]:
     """Restore binder.hub's registry after the test."""
-    saved = dict(hub._REGISTRY)
+    saved = {name: hub.PRETRAINED.get(name) for name in hub.PRETRAINED.list()}
     yield
-    hub._REGISTRY.clear()
-    hub._REGISTRY.update(saved)
+    for name in hub.PRETRAINED.list():
+        hub.PRETRAINED.unregister(name)
+    for name, entry in saved.items():
+        hub.PRETRAINED.register(name, entry)
 
 
 def _part(dest: Path) -> Path:
@@ -210,7 +212,7 @@ def test_imagebind_huge_is_registered() -> None:
     assert (entry.filename, entry.kind, entry.size, entry.sha256) == ("imagebind_huge.pth", "imagebind", None, None)
     assert "imagebind_huge" in hub.list_pretrained()
     assert hub.url_env_var("imagebind_huge") == "BINDER_PRETRAINED_URL_IMAGEBIND_HUGE"
-    with pytest.raises(ModelLoadError, match="Unknown pretrained name 'nope': expected one of .*imagebind_huge"):
+    with pytest.raises(ModelLoadError, match="unknown pretrained name 'nope'; registered: .*imagebind_huge"):
         hub.get_pretrained("nope")
 
 

@@ -157,7 +157,8 @@ def test_preset_encoders_take_the_official_weights(reference, model):
     (sized like the reduced checkpoint) have exactly the official trunks' keys and shapes, load
     the official weights strictly, and give the reference outputs."""
     from binder.imagebind.mapping import convert
-    from binder.model import BindModel, build_config
+    from binder.model import BindModel
+    from binder.registry import build_config
 
     sizes = {m: {"width": SIZES[f"{m}_embed_dim"], "depth": SIZES[f"{m}_num_blocks"], "heads": SIZES[f"{m}_num_heads"]}
              for m in BOUND}

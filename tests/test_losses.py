@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from binder.recipes.digits_anchor import multi_positive_clip_loss
 from binder.evaluation import topk_accuracy
-from binder.losses import SymmetricInfoNCE
+from binder.training.losses import SymmetricInfoNCE
 
 
 def unit(*shape, seed=0):

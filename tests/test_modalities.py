@@ -17,8 +17,8 @@ import torchaudio
 
 import binder
 from binder.errors import BinderConfigError, BinderInputError
-from binder.model import BindModel, build_config, config_to_dict
-from binder.registry import check_modality
+from binder.model import BindModel
+from binder.registry import build_config, check_modality, config_to_dict
 from helpers import SMALL_ENCODER, chirp, sine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from binder.model import BindModel
 from binder.types import Modality
 from helpers import SMALL_ENCODER, chirp
 
-embed_module = importlib.import_module("binder.embed")  # `binder.embed` is the function
+api_module = importlib.import_module("binder.api")  # where the default model lives
 io_module = importlib.import_module("binder.io")
 
 
@@ -304,7 +304,7 @@ def test_load_missing_bundled_anchor(copy_of_saved):
 
 @pytest.fixture
 def no_default(monkeypatch):
-    monkeypatch.setattr(embed_module, "_default_model", None)
+    monkeypatch.setattr(api_module, "_default_model", None)
 
 
 def test_embed_without_use(no_default):

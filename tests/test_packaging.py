@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -63,11 +64,24 @@ def test_train_help_is_hydras_with_binders_examples():
 # A wheel installed outside the checkout
 # ----------------------------------------------------------------------------------------------
 
+def source_tree(dest: Path) -> Path:
+    """The checkout's files (tracked, and new ones git does not ignore) copied to ``dest``: a wheel
+    built there holds what a fresh clone would, never a stale ``build/`` of this checkout."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    for name in listed:
+        if (REPO_ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    source = source_tree(tmp_path_factory.mktemp("source"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(REPO_ROOT)], check=True, capture_output=True, text=True)
+                    str(source)], check=True, capture_output=True, text=True)
     (path,) = out.glob("binder_embed-*.whl")
     return path
 
@@ -158,7 +172,7 @@ def test_logger_options_need_no_code(logger, compose, tmp_path, monkeypatch):
 def test_callbacks_group(compose, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from binder.checkpoints import ResumableCheckpoint
+    from binder.training.checkpoints import ResumableCheckpoint
     from binder.training import make_trainer
 
     trainer = make_trainer(compose([f"run_dir={tmp_path}", "callbacks.checkpoint.every_n_steps=7"]), tmp_path)

@@ -89,8 +89,8 @@ def test_composes_with_the_plugin_yaml_and_schema(compose, tmp_path):
     from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf
 
-    from binder.config import _packaged_modality_yaml
-    from binder.model import build_config
+    from binder.training.app import _packaged_modality_yaml
+    from binder.registry import build_config
 
     cfg = compose(["modality=tactile", f"run_dir={tmp_path}"])
     assert list(cfg.modality) == ["tactile"]

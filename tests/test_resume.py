@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from binder.checkpoints import LAST, ResumableCheckpoint, find_run, resume_argv, resume_checkpoint
+from binder.training.checkpoints import LAST, ResumableCheckpoint, find_run, resume_argv, resume_checkpoint
 from binder.errors import BinderConfigError
 from helpers import small_encoder
 
@@ -74,13 +74,14 @@ def test_bad_schedule_is_a_config_error(tmp_path):
 
 
 def test_nothing_to_resume_is_one_error_before_building(compose, tmp_path, monkeypatch):
-    import binder.training as training
+    import binder.training.tasks as tasks
+    from binder.training import train
 
-    monkeypatch.setattr(training, "build_model", lambda cfg: pytest.fail("built a model before checking the resume"))
+    monkeypatch.setattr(tasks, "build_model", lambda cfg: pytest.fail("built a model before checking the resume"))
     with pytest.raises(BinderConfigError, match="no checkpoint to resume"):
-        training.train(compose(["resume=true", f"run_dir={tmp_path}"]))
+        train(compose(["resume=true", f"run_dir={tmp_path}"]))
     with pytest.raises(BinderConfigError, match="nope.ckpt"):
-        training.train(compose([f"ckpt_path={tmp_path}/nope.ckpt", f"run_dir={tmp_path}"]))
+        train(compose([f"ckpt_path={tmp_path}/nope.ckpt", f"run_dir={tmp_path}"]))
     assert resume_checkpoint(compose([f"run_dir={tmp_path}"]), tmp_path) is None
 
 

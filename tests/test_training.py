@@ -14,7 +14,7 @@ from PIL import Image
 
 import binder
 from binder.errors import BinderInputError
-import binder.training as training_module
+import binder.training.tasks as training_module
 from binder.training import train
 from helpers import SMALL_ENCODER, set_overrides, small_encoder
 
@@ -282,8 +282,8 @@ def test_one_run_binds_several_modalities(compose, tiny_anchor, small_data_root,
 
 
 def test_gradients_are_clipped_per_modality(random_anchor):
-    from binder.lightning import BindingModule
-    from binder.optim import OptimConfig
+    from binder.training.module import BindingModule
+    from binder.training.optim import OptimConfig
 
     model = binder.BindModel(random_anchor, {"audio": {"encoder": SMALL_ENCODER}, "depth": {"encoder": SMALL_ENCODER}})
     module = BindingModule(model, OptimConfig())

@@ -15,7 +15,8 @@ from PIL import Image
 
 import binder
 from binder.errors import BinderConfigError, BinderInputError
-from binder.model import BindModel, build_config
+from binder.model import BindModel
+from binder.registry import build_config
 from binder.types import Modality
 from binder.datasets.render_video import CANVAS, FPS, FRAMES, render
 from helpers import SMALL_ENCODER

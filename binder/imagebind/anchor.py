@@ -20,7 +20,7 @@ from einops import rearrange
 from safetensors.torch import save_file
 from torchvision import transforms
 
-from binder.anchor import CLIP_MEAN, CLIP_STD, Anchor, ImageConfig, open_image
+from binder.anchor import ANCHORS, CLIP_MEAN, CLIP_STD, Anchor, ImageConfig, open_image
 from binder.errors import BinderInputError, ModelLoadError
 from binder.imagebind.checkpoint import check_imagebind, read_heads, read_state
 from binder.imagebind.mapping import (
@@ -167,3 +167,5 @@ class ImageBindAnchor(Anchor):
         save_file(state, str(folder / BUNDLE_NAME), metadata={"format": "imagebind", "heads": json.dumps(self.heads())})
         return {**self.describe(), "pretrained": f"{folder.name}/{BUNDLE_NAME}"}
 
+
+ANCHORS.register(ImageBindAnchor.kind, ImageBindAnchor)

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from binder.errors import BinderInputError, ModelLoadError
+from binder.factory import FORMATS, MODELS
+from binder.hub import PretrainedFile, fetch_pretrained, register_pretrained
 from binder.imagebind.anchor import ImageBindAnchor
 from binder.imagebind.checkpoint import check_imagebind, read_state
 from binder.imagebind.mapping import check_shapes, convert, infer_trunk
@@ -79,3 +81,46 @@ def load_checkpoint(path: "str | Path", device: "str | torch.device" = "cpu",
         raise ModelLoadError(f"{str(path)!r}: weights not loaded {leftover[:5]}, unexpected {result.unexpected_keys[:5]}")
     log.info("loaded ImageBind from %s: image, text, %s", path, list(configs))
     return model.to(device).eval()
+
+
+# Meta publishes no checksum or size for the ImageBind weights: the file is trusted on first use
+# (its SHA-256 is recorded in imagebind_huge.pth.sha256 and checked on every later cache hit).
+register_pretrained(PretrainedFile(
+    name="imagebind_huge", url="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth",
+    filename="imagebind_huge.pth", kind="imagebind",
+    description="Official ImageBind (huge) checkpoint from Meta AI, about 4.5 GB"))
+
+
+class CheckpointFormat:
+    """ImageBind's official checkpoint format (a ``.pth`` state dict), recognised by its suffix;
+    its key names are checked when it is read."""
+
+    name = "imagebind"
+
+    def recognises(self, path: Path) -> bool:
+        return path.is_file() and path.suffix in (".pth", ".pt")
+
+    def load(self, path: Path, device: "str | torch.device" = "cpu", modalities: Optional[Sequence[str]] = None,
+             **unused: Any) -> ImageBindModel:
+        return load_checkpoint(path, device=device, modalities=modalities)
+
+
+def imagebind_huge(pretrained: bool = False, device: "str | torch.device" = "cpu",
+                   modalities: Optional[Sequence[str]] = None, **unused: Any) -> ImageBindModel:
+    """``binder.create_model("imagebind_huge", pretrained=True)``: the official checkpoint,
+    downloaded once into binder's cache (size and checksum checked, resumable).
+
+    Raises:
+        ModelLoadError: ``pretrained=False``: ImageBind's anchor is built from the checkpoint's
+            towers; for a model of ImageBind's sizes with fresh encoders use ``create_model("bind",
+            anchor="ViT-H-14", modalities={"audio": {"preset": "imagebind"}})``.
+    """
+    if not pretrained:
+        raise ModelLoadError("imagebind_huge is built from its checkpoint (pretrained=True); for ImageBind's sizes "
+                             "with fresh encoders: create_model('bind', anchor='ViT-H-14', "
+                             "modalities={'audio': {'preset': 'imagebind'}})")
+    return load_checkpoint(fetch_pretrained("imagebind_huge"), device=device, modalities=modalities)
+
+
+FORMATS.register(CheckpointFormat.name, CheckpointFormat())
+MODELS.register("imagebind_huge", imagebind_huge)

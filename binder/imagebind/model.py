@@ -17,6 +17,7 @@ import torch
 from einops import rearrange
 
 from binder.errors import BinderInputError
+from binder.factory import ARCHITECTURES
 from binder.model import BindModel
 from binder.registry import get_modality
 from binder.types import TEXT, modality_name
@@ -84,3 +85,6 @@ def video_preprocessor(anchor: Any) -> Any:
     if hasattr(pre, "attach_anchor"):
         pre.attach_anchor(anchor)
     return pre
+
+
+ARCHITECTURES.register(ImageBindModel.architecture, ImageBindModel)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from binder.arithmetic import compose_embeddings
-from binder.config import build_dataclass, to_dict
+from binder.config import SCHEMAS, build_dataclass, to_dict
 from binder.datasets.composites import composite_gallery, side_by_side
 from binder.datasets.digits import DigitsConfig, DigitsWorld
 from binder.errors import BinderConfigError
@@ -53,6 +53,9 @@ class ArithmeticConfig:
     weights: Optional[List[float]] = None  # [image, audio] contributions of the composed query; None: equal
     sweep: List[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])  # audio weights
     out: Optional[str] = None  # also write the three files here (e.g. benchmarks/arithmetic)
+
+
+SCHEMAS.register("arithmetic/default", ArithmeticConfig)
 
 
 @dataclass
@@ -232,7 +235,7 @@ def calibrate_digits(model: Any, cfg: DictConfig) -> None:
     """Calibrate a model that has no saved spreads on the digits world's held-out audio pairs
     (what training does at its end)."""
     from binder.arithmetic import calibrate_from_datamodule
-    from binder.data import build_datamodule
+    from binder.training.data import build_datamodule
 
     log.info("the model has no saved query calibration: measuring it on the held-out digits")
     datamodule = build_datamodule(cfg.data, model, [AUDIO], "image")

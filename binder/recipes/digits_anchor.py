@@ -37,6 +37,7 @@ from binder.anchor import (
     OPEN_CLIP_WEIGHTS,
     register_open_clip_configs,
 )
+from binder.config import SCHEMAS
 from binder.datasets.composites import label_digits
 from binder.datasets.digits import (
     CLASSNAMES,
@@ -52,7 +53,7 @@ from binder.evaluation import (
 )
 from binder.files import atomic_folder
 from binder.logs import quiet_open_clip
-from binder.optim import OptimConfig, configure_adamw
+from binder.training.optim import OptimConfig, configure_adamw
 from binder.types import IMAGE, TEXT
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,9 @@ class DigitsAnchorRecipe:
             shutil.copytree(dest, Path(run_dir) / "anchor", dirs_exist_ok=True)
             write_metrics(Path(run_dir) / "metrics.json", metrics)
         return metrics
+
+
+SCHEMAS.register("anchor_build/digits", DigitsAnchorRecipe)
 
 
 def anchor_folder(anchor: Dict[str, Any]) -> Path:

@@ -19,7 +19,7 @@ from torch import nn
 
 from binder.evaluation import topk_from_scores
 from binder.model import BindModel
-from binder.optim import OptimConfig, configure_adamw
+from binder.training.optim import OptimConfig, configure_adamw
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def run(cfg: Any) -> Dict[str, Any]:
     classifier on the labels, for one modality; writes metrics.json."""
     from pathlib import Path
 
-    from binder.checkpoints import resume_checkpoint
-    from binder.data import build_datamodule
+    from binder.training.checkpoints import resume_checkpoint
+    from binder.training.data import build_datamodule
     from binder.evaluation import format_table, write_metrics
     from binder.training import build_model, make_trainer, modalities_of, require_one
 

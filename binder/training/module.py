@@ -14,9 +14,9 @@ from typing import Any, Dict, Optional
 import lightning as L
 import torch
 
-from binder.losses import SymmetricInfoNCE
+from binder.training.losses import SymmetricInfoNCE
 from binder.model import BindModel
-from binder.optim import OptimConfig, configure_adamw
+from binder.training.optim import OptimConfig, configure_adamw
 
 
 class BindingModule(L.LightningModule):

@@ -12,6 +12,8 @@ from typing import Iterable, List, Tuple
 import torch
 from torch import nn
 
+from binder.config import SCHEMAS
+
 
 @dataclass
 class OptimConfig:
@@ -22,6 +24,9 @@ class OptimConfig:
     betas: Tuple[float, float] = (0.9, 0.95)  # AdamW betas
     warmup_epochs: float = 2.0  # linear warmup length in epochs
     min_lr_ratio: float = 0.0  # final lr as a fraction of the peak
+
+
+SCHEMAS.register("optim/adamw", OptimConfig)
 
 
 def param_groups(modules: Iterable[Tuple[str, nn.Module]], weight_decay: float) -> List[dict]:

@@ -1,50 +1,36 @@
-"""``train(cfg)``: the testable body behind ``python train.py`` and ``binder train``.
+"""The binding task and its building blocks (ImageBind, arXiv 2305.05665, sec. 3).
 
-The Hydra app (:func:`main`) composes ``binder/configs/train.yaml`` and calls the function named by
-``cfg.task``: :func:`bind` by default, which trains every modality listed in ``modality=`` against
-the frozen anchor (ImageBind's recipe, one model for all of them), saves the model and runs the
-emergent zero-shot evaluation; experiments name other tasks (the digits anchor, the supervised
-reference, the five-modality benchmark) from :mod:`binder.recipes`. Paths, the data and every
-config group are checked before anything expensive starts; a user error is one line and a
-non-zero exit status, and ``status.json`` in the run folder says whether the run completed.
+:func:`bind` is the default task of a run (``cfg.task``): it trains every modality listed in
+``modality=`` against the frozen anchor (ImageBind's recipe, one model for all of them), saves the
+model and runs the emergent zero-shot evaluation. The building blocks (the model, the trainer,
+the checked config groups) are what the recipes of :mod:`binder.recipes` compose their own tasks
+from. Paths, the data and every config group are checked before anything expensive starts.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import hydra
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from binder.arithmetic import calibrate_from_datamodule
-from binder.checkpoints import resume_argv, resume_checkpoint
-from binder.config import (
-    build_dataclass,
-    check_keys,
-    instantiate,
-    register_configs,
-    to_dict,
-)
-from binder.data import build_datamodule, check_data
-from binder.errors import BinderConfigError, BinderError
+from binder.config import build_dataclass, check_keys, instantiate, to_dict
+from binder.errors import BinderConfigError
 from binder.evaluation import EvalConfig, format_table, write_metrics, zero_shot
 from binder.io import load, save
-from binder.lightning import BindingModule
-from binder.logs import quiet_third_party
-from binder.model import BindModel, build_config
-from binder.optim import OptimConfig
-from binder.registry import get_modality
+from binder.model import BindModel
+from binder.registry import build_config, get_modality
+from binder.training.checkpoints import resume_checkpoint
+from binder.training.data import build_datamodule, check_data
+from binder.training.module import BindingModule
+from binder.training.optim import OptimConfig
 
 log = logging.getLogger(__name__)
-
-STATUS_FILE = "status.json"
-
 
 # ----------------------------------------------------------------------------------------------
 # Building blocks
@@ -197,62 +183,3 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     log.info("model:   %s", model_dir)
     log.info("metrics: %s", metrics_path)
     return metrics
-
-
-def _status(run_dir: Path, status: str, **extra: Any) -> None:
-    import json
-
-    from binder.files import atomic_write
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"status": status, "time": dt.datetime.now().isoformat(timespec="seconds"), **extra}
-    atomic_write(run_dir / STATUS_FILE, json.dumps(record, indent=2))
-
-
-def train(cfg: DictConfig) -> Dict[str, Any]:
-    """Run the task named by ``cfg.task`` (a dotted function path, default :func:`bind`);
-    ``status.json`` in the run folder records running / completed / failed / interrupted."""
-    from hydra.utils import get_method
-
-    run_dir = Path(cfg.run_dir).resolve()
-    try:
-        task = get_method(cfg.task)
-    except Exception as err:
-        raise BinderConfigError(f"task={cfg.task!r} is not an importable function: {err}") from None
-    _status(run_dir, "running", task=cfg.task)
-    try:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        metrics = task(cfg)
-    except KeyboardInterrupt:
-        _status(run_dir, "interrupted", task=cfg.task)
-        raise
-    except BaseException as err:
-        _status(run_dir, "failed", task=cfg.task, error=f"{type(err).__name__}: {err}")
-        raise
-    _status(run_dir, "completed", task=cfg.task)
-    return metrics
-
-
-# ----------------------------------------------------------------------------------------------
-# The Hydra app
-# ----------------------------------------------------------------------------------------------
-
-@hydra.main(version_base="1.3", config_path="pkg://binder.configs", config_name="train")
-def _hydra_app(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    except BinderError as err:  # a user error: one line and a non-zero exit status, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-def main() -> None:
-    """``python train.py ...`` / ``binder train ...``: Hydra overrides on the command line."""
-    quiet_third_party()
-    try:
-        register_configs()
-        sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]  # resume=true: run in the run to resume
-    except BinderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_app()

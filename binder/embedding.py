@@ -1,4 +1,4 @@
-"""The embedding API: ``model.embed(audio=[...], image=[...], text=[...])`` and ``binder.embed``.
+"""The embedding API of a model: ``model.embed(audio=[...], image=[...], text=[...])``.
 
 Inputs are raw (file paths, waveforms with their sample rate, PIL images, strings); each
 modality's preprocessor (or the anchor's transform/tokenizer) turns them into model tensors,
@@ -15,14 +15,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import numpy as np
 import torch
 
-from binder.errors import BinderInputError, NoDefaultModelError
+from binder.errors import BinderInputError
 from binder.logs import progress as progress_bar
 from binder.types import IMAGE, TEXT, modality_name
 
 log = logging.getLogger(__name__)
-
-_default_model = None
-
 
 def _is_pair(value: Any) -> bool:
     """``(samples, rate)``: one input with its int or float rate (e.g. (waveform, 16000))."""
@@ -136,52 +133,3 @@ class EmbedMixin:
             check_finite(z, modality, start)
             parts.append(z)
         return torch.cat(parts)
-
-
-def use(model: Any) -> Any:
-    """Set the default model of :func:`embed`: a model, or anything :func:`binder.load` accepts."""
-    global _default_model
-    if not isinstance(model, torch.nn.Module):
-        from binder.io import load
-
-        model = load(model)
-    _default_model = model
-    return model
-
-
-def default_model() -> Any:
-    """The model set by :func:`use`.
-
-    Raises:
-        NoDefaultModelError: :func:`use` was not called.
-    """
-    if _default_model is None:
-        raise NoDefaultModelError(
-            "binder has no default model: call binder.use('path/to/model') first "
-            "(a folder written by binder.save, e.g. a training run's outputs/.../model)")
-    return _default_model
-
-
-def embed(*, batch_size: int = 32, device: "str | torch.device | None" = None, sample_rate: Optional[float] = None,
-          progress: bool = True, **inputs: Any) -> Dict[str, torch.Tensor]:
-    """Embed raw inputs with the default model set by :func:`use`.
-
-    ``binder.embed(audio=["dog.wav", (waveform, 44100)], image=["dog.jpg"], text=["a dog"])``
-
-    Args:
-        batch_size: Inputs per forward pass (a positive integer).
-        device: Where to run; moves the model there. Default: where the model already is.
-        sample_rate: Sample rate of waveforms (or frame rate of frame arrays) given without one.
-        progress: Show a progress bar for long inputs.
-        **inputs: ``modality=`` a list of inputs (or one input): file paths, ``(samples, rate)``,
-            arrays, tensors, PIL images, strings; any modality the model embeds.
-
-    Returns:
-        ``{modality name: (N, D) float32 L2-normalised tensor on the CPU}``.
-
-    Raises:
-        NoDefaultModelError: :func:`use` was not called.
-        BinderInputError: a bad input, naming it.
-    """
-    return default_model().embed(batch_size=batch_size, device=device, sample_rate=sample_rate, progress=progress,
-                                **inputs)

@@ -1,0 +1,133 @@
+"""The training app: ``python train.py ...`` and ``binder train ...`` (Hydra overrides).
+
+:func:`main` stores the config schemas in Hydra's ConfigStore (:func:`register_configs`),
+composes ``binder/configs/train.yaml`` and calls :func:`train`, the testable body, which runs
+the function named by ``cfg.task`` (:func:`binder.training.tasks.bind` by default; experiments
+name the recipes of :mod:`binder.recipes`) and records ``status.json`` in the run folder. A user
+error is one line and exit status 2.
+
+The app is the composition root: :data:`CONFIG_PACKAGES` names the packages whose modules
+register the config schemas it composes (:data:`binder.config.SCHEMAS`); binder's core imports
+none of them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from binder.config import SCHEMA_GROUP, SCHEMAS
+from binder.errors import BinderConfigError, BinderError
+from binder.extension import import_modules
+from binder.files import atomic_write
+from binder.logs import quiet_third_party
+from binder.registry import get_modality, list_modalities
+from binder.training.checkpoints import resume_argv
+
+STATUS_FILE = "status.json"
+CONFIG_PACKAGES = ("binder.anchor", "binder.training", "binder.evaluation", "binder.datasets", "binder.recipes")
+"""Modules and packages whose modules register the schemas the app composes."""
+
+
+def register_configs() -> None:
+    """Store every registered config schema and every registered modality's config in Hydra's
+    ConfigStore. Idempotent; call before composing (:func:`main` and the tests do)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    for target in CONFIG_PACKAGES:
+        import_modules(target)
+    _register_resolvers()
+    cs = ConfigStore.instance()
+    for key, node in SCHEMAS.items():
+        group, name = key.rsplit("/", 1)
+        cs.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)
+    for name in list_modalities():
+        spec = get_modality(name)
+        cs.store(group=f"{SCHEMA_GROUP}/modality", name=name, node=spec.config_cls)
+        if spec.config_file is not None:  # a plugin's own YAML: the `modality=<name>` option
+            node = OmegaConf.to_container(OmegaConf.load(spec.config_file))
+            cs.store(group="modality", name=name, node=node, package=f"modality.{name}")
+        elif not _packaged_modality_yaml(name):  # no YAML at all: the dataclass defaults
+            cs.store(group="modality", name=name, node={"defaults": [f"/{SCHEMA_GROUP}/modality/{name}@_here_",
+                                                                     "_self_"]}, package=f"modality.{name}")
+
+
+def _packaged_modality_yaml(name: str) -> bool:
+    from importlib.resources import files
+
+    return files("binder.configs").joinpath("modality", f"{name}.yaml").is_file()
+
+
+def _register_resolvers() -> None:
+    """``${binder_names:${modality}}`` -> "audio-depth" (run folder names);
+    ``${binder_csv:${benchmark.modalities}}`` -> "audio,depth" (sweep parameters);
+    ``${binder_first:${a},b}`` -> the first value that is not null (``oc.select`` keeps a null)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("binder_names", lambda node: "-".join(node.keys()) if hasattr(node, "keys")
+                                    else str(node), replace=True)
+    OmegaConf.register_new_resolver("binder_csv", lambda items: ",".join(str(i) for i in items), replace=True)
+    OmegaConf.register_new_resolver("binder_first", lambda *values: next((v for v in values if v is not None), None),
+                                    replace=True)
+
+
+def _status(run_dir: Path, status: str, **extra: Any) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"status": status, "time": dt.datetime.now().isoformat(timespec="seconds"), **extra}
+    atomic_write(run_dir / STATUS_FILE, json.dumps(record, indent=2))
+
+
+def train(cfg: DictConfig) -> Dict[str, Any]:
+    """Run the task named by ``cfg.task`` (a dotted function path, default :func:`bind`);
+    ``status.json`` in the run folder records running / completed / failed / interrupted."""
+    from hydra.utils import get_method
+
+    run_dir = Path(cfg.run_dir).resolve()
+    try:
+        task = get_method(cfg.task)
+    except Exception as err:
+        raise BinderConfigError(f"task={cfg.task!r} is not an importable function: {err}") from None
+    _status(run_dir, "running", task=cfg.task)
+    try:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        metrics = task(cfg)
+    except KeyboardInterrupt:
+        _status(run_dir, "interrupted", task=cfg.task)
+        raise
+    except BaseException as err:
+        _status(run_dir, "failed", task=cfg.task, error=f"{type(err).__name__}: {err}")
+        raise
+    _status(run_dir, "completed", task=cfg.task)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The Hydra app
+# ----------------------------------------------------------------------------------------------
+
+@hydra.main(version_base="1.3", config_path="pkg://binder.configs", config_name="train")
+def _hydra_app(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except BinderError as err:  # a user error: one line and a non-zero exit status, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """``python train.py ...`` / ``binder train ...``: Hydra overrides on the command line."""
+    quiet_third_party()
+    try:
+        register_configs()
+        sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]  # resume=true: run in the run to resume
+    except BinderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_app()
