@@ -44,11 +44,12 @@ def _download(args: argparse.Namespace, rest: List[str]) -> int:
 
 
 def _modalities(args: argparse.Namespace, rest: List[str]) -> int:
+    from binder.datasets.sources import digits_source
     from binder.registry import get_modality, list_modalities
 
     for name in list_modalities(args.pattern):
         spec = get_modality(name)
-        digits = "digits world" if spec.has_digits else "-"
+        digits = "digits world" if digits_source(name) is not None else "-"
         print(f"{name:<12} {spec.config_cls.__module__:<40} {digits}")
     return 0
 

@@ -8,9 +8,7 @@ modality names are plain strings owned by :mod:`binder.registry`.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
@@ -23,6 +21,7 @@ from binder.embedding import EmbedMixin
 from binder.errors import BinderInputError
 from binder.factory import ARCHITECTURES, MODELS
 from binder.io import HubMixin
+from binder.modality import check_encoder
 from binder.registry import build_config, check_modality, get_modality, resolve_ref
 from binder.types import ANCHOR_MODALITIES, IMAGE, TEXT, TensorDict, modality_name
 
@@ -58,6 +57,7 @@ class BindModel(EmbedMixin, HubMixin, nn.Module):
         for part in (encoder, preprocessor):  # e.g. video reuses the frozen anchor's image tower
             if hasattr(part, "attach_anchor"):
                 part.attach_anchor(self.anchor)
+        check_encoder(modality, encoder)
         self.configs[modality] = cfg
         self.preprocessors[modality] = preprocessor
         self.encoders[modality] = encoder

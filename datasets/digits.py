@@ -29,7 +29,7 @@ from binder.config import SCHEMAS, build_dataclass
 from binder.training.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.logs import progress
-from binder.registry import get_modality, list_modalities, resolve_ref
+from binder.datasets.sources import digits_modalities, digits_source
 from binder.types import IMAGE, TEXT
 
 log = logging.getLogger(__name__)
@@ -185,9 +185,9 @@ class DigitsDataModule(PairedDataModule):
     """(X, image), (X, caption) or (X, label) pairs of the digits world for each bound modality.
 
     Modalities the digits world records (audio: real spoken digits) are paired with a random MNIST
-    image of their class; modalities it renders (``ModalitySpec.render``) are rendered from one
-    MNIST instance and paired with that same instance. Any registered modality with either hook
-    works, plugins included.
+    image of their class; modalities it renders are rendered from one MNIST instance and paired
+    with that same instance (:mod:`binder.datasets.sources`). Any modality with a registered
+    source works, plugins included.
     """
 
     Config = DigitsConfig
@@ -195,7 +195,7 @@ class DigitsDataModule(PairedDataModule):
     def __init__(self, model: Any, modalities: Sequence[str], target: str = "image", **options: Any) -> None:
         super().__init__(model, modalities, target, **options)
         for m in self.modalities:
-            if not get_modality(m).has_digits:
+            if digits_source(m) is None:
                 raise BinderConfigError(f"the digits world has no {m} data; it has {digits_modalities()} "
                                         "(use data=manifest for your own pairs)")
         self.world: Optional[DigitsWorld] = None
@@ -207,12 +207,12 @@ class DigitsDataModule(PairedDataModule):
         cfg = build_dataclass(DigitsConfig, options, "data")
         root = data_root(cfg.root)
         for folder in ("mnist", "fsdd"):
-            if folder == "fsdd" and not any(get_modality(m).recordings for m in modalities):
+            if folder == "fsdd" and not any(getattr(digits_source(m), "recordings", None) for m in modalities):
                 continue
             if not (root / folder).is_dir():
                 raise BinderConfigError(f"data root {str(root)!r} has no {folder}/ folder; set data.root or BINDER_DATA "
                                         "to a folder with mnist/ and fsdd/ (python -m binder.datasets.download --root DIR)")
-        missing = [m for m in modalities if not get_modality(m).has_digits]
+        missing = [m for m in modalities if digits_source(m) is None]
         if missing:
             raise BinderConfigError(f"the digits world has no {missing} data; it has {digits_modalities()}")
         return f"digits world at {root}"
@@ -234,7 +234,7 @@ class DigitsDataModule(PairedDataModule):
                   for split in ("train", "test")} if self.target == IMAGE else {}
         for m in self.modalities:
             for split in ("train", "test"):
-                make = self._recorded_split if get_modality(m).recordings else self._rendered_split
+                make = self._recorded_split if digits_source(m).recordings else self._rendered_split
                 ds = make(m, split, images.get(split), captions)
                 (self.train_sets if split == "train" else self.val_sets)[m] = ds
             log.info("digits %s: %d train / %d test pairs", m, len(self.train_sets[m]), len(self.val_sets[m]))
@@ -242,7 +242,7 @@ class DigitsDataModule(PairedDataModule):
     def _recorded_split(self, modality: str, split: str, images: Optional[torch.Tensor],
                         captions: Optional[torch.Tensor]) -> Dataset:
         """Recordings (audio) paired with a random image of their class."""
-        raw, labels = resolve_ref(get_modality(modality).recordings)(self.world, split)
+        raw, labels = digits_source(modality).recordings(self.world, split)
         pre = self.preprocessors[modality]
         items = [pre(r, num_clips=1) for r in progress(raw, f"{modality} {split}")]
         if split == "test":
@@ -256,7 +256,7 @@ class DigitsDataModule(PairedDataModule):
     def _rendered_split(self, modality: str, split: str, images: Optional[torch.Tensor],
                         captions: Optional[torch.Tensor]) -> Dataset:
         """X rendered from each MNIST instance, paired with that same instance."""
-        render = resolve_ref(get_modality(modality).render)
+        render = digits_source(modality).render
         idx = self.world.image_indices(split)
         digits, labels = self.world.images[idx], self.world.labels[idx]
         fixed = None
@@ -280,11 +280,6 @@ class DigitsDataModule(PairedDataModule):
     def zero_shot_set(self, modality: str) -> tuple:
         """Held-out raw inputs (file paths or rendered items) and labels for zero-shot evaluation."""
         return list(self.test_items[modality]), np.asarray(self.test_labels[modality])
-
-
-def digits_modalities() -> List[str]:
-    """Registered modalities the digits world can produce."""
-    return [m for m in list_modalities() if get_modality(m).has_digits]
 
 
 class CaptionedDigits(Dataset):

@@ -8,6 +8,7 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
+from binder.datasets.sources import SOURCES, DigitsSource
 from binder.errors import BinderInputError
 
 _NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
@@ -40,7 +41,10 @@ def list_recordings(root: "str | Path") -> List[Recording]:
 
 
 def digits_recordings(world: Any, split: str) -> Tuple[List[Path], np.ndarray]:
-    """The digits world's audio (``ModalitySpec.recordings`` of audio): the FSDD recordings of
+    """The digits world's audio (its :class:`~binder.datasets.sources.DigitsSource`): the FSDD recordings of
     ``split`` (held out by take or speaker, see ``DigitsConfig``) and their digits."""
     recs = world.recordings_of(split)
     return [r.path for r in recs], np.array([r.digit for r in recs])
+
+
+SOURCES.register("audio", DigitsSource(recordings=digits_recordings))

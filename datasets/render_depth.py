@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from binder.datasets.sources import SOURCES, DigitsSource
+
 SIZE = 48  # rendered frame side (pixels)
 FOCAL = 518.857901  # pixels (Kinect v1, as Omnivore / DepthConfig.focal_length)
 _V, _U = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64) - (SIZE - 1) / 2
@@ -89,3 +91,6 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     dropout = rng.random(height.shape) < rng.uniform(0.0, 0.04)
     depth[shadow | dropout] = 0.0
     return depth.astype(np.float32)
+
+
+SOURCES.register("depth", DigitsSource(render=render))

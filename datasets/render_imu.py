@@ -38,6 +38,8 @@ from typing import Tuple
 
 import numpy as np
 
+from binder.datasets.sources import SOURCES, DigitsSource
+
 RATE = 100  # output sample rate (Hz), a typical phone/wearable IMU rate
 GRAVITY = 9.81  # m/s^2
 _PATH_STEP = 0.5  # arc-length spacing of the cached path (pixels)
@@ -244,3 +246,6 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, int
     acc = acc * rng.uniform(0.98, 1.02, 3) + rng.normal(0, 0.08, 3) + rng.normal(0, rng.uniform(0.02, 0.08), acc.shape)
     gyro = gyro * rng.uniform(0.98, 1.02, 3) + rng.normal(0, 0.01, 3) + rng.normal(0, rng.uniform(0.003, 0.015), gyro.shape)
     return np.concatenate([acc, gyro], 1).astype(np.float32), RATE
+
+
+SOURCES.register("imu", DigitsSource(render=render))

@@ -24,7 +24,9 @@ raw item the thermal preprocessor accepts from a user. Pure numpy, well under a 
 from __future__ import annotations
 
 import numpy as np
+
 from binder.datasets.render_depth import bilinear
+from binder.datasets.sources import SOURCES, DigitsSource
 
 HEIGHT, WIDTH = 40, 50  # rendered frame (rows, columns)
 
@@ -108,3 +110,6 @@ def sensor(temp: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Render MNIST ``digit`` (28, 28) uint8 as a thermal frame (40, 50), uint8 or uint16."""
     return sensor(scene(digit, rng), rng)
+
+
+SOURCES.register("thermal", DigitsSource(render=render))

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from binder.datasets.sources import SOURCES, DigitsSource
+
 FPS = 4.0  # frames per second (modalities/video.py: VideoConfig.fps)
 FRAMES = 16  # 4 s of video
 CANVAS = 32  # frame side in pixels
@@ -110,3 +112,6 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     frames = _warp(ink, centre, angle, scale).mean(1)  # (T, H, W): motion blur over the exposure
     rgb = _light(rng, frames)
     return (np.clip(rgb, 0.0, 1.0) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+
+
+SOURCES.register("video", DigitsSource(render=render))

@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Mapping, Optional
 
 import numpy as np
 import soundfile as sf
@@ -33,9 +33,9 @@ import torch
 import torchaudio
 
 from binder.clips import POLICIES, imagebind_ranges, sample_starts
-from binder.config import build_dataclass
 from binder.errors import BinderConfigError, BinderInputError, check_rate, existing_file
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
+from binder.modality import ModalityConfig
 from binder.registry import ModalitySpec, register_modality
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,11 @@ class AudioAugmentConfig:
 
 
 @dataclass
-class AudioConfig:
+class AudioConfig(ModalityConfig):
     """Audio preprocessing + encoder settings (the schema of ``modality=audio``)."""
+
+    modality: ClassVar[str] = "audio"
+    presets: ClassVar[Mapping[str, TrunkConfig]] = PRESETS
 
     preset: str = "tiny"  # encoder size preset: tiny (minutes on 2 CPU cores) | imagebind (768 wide, 12 deep)
     encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
@@ -91,12 +94,7 @@ class AudioConfig:
     augment: AudioAugmentConfig = field(default_factory=AudioAugmentConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):  # direct construction with a plain dict
-            self.encoder = build_dataclass(EncoderOverrides, self.encoder, "audio encoder")
-        if isinstance(self.augment, dict):
-            self.augment = build_dataclass(AudioAugmentConfig, self.augment, "audio augment")
-        if self.preset not in PRESETS:
-            raise BinderConfigError(f"unknown audio preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        super().__post_init__()
         policy, channels = IMAGEBIND_INPUT if self.preset == "imagebind" else BINDER_INPUT
         self.clip_policy = policy if self.clip_policy is None else self.clip_policy
         self.channels = channels if self.channels is None else self.channels
@@ -324,6 +322,5 @@ def example_input() -> tuple:
 SPEC = register_modality(ModalitySpec(
     name="audio", config_cls=AudioConfig, preprocessor_cls=AudioPreprocessor, encoder_cls=AudioEncoder,
     augment_cls=AudioAugment, example_input=example_input,
-    recordings="binder.datasets.fsdd:digits_recordings",  # the digits world: real spoken digits
     extensions=(".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"), check_query=check_query,
 ))

@@ -29,15 +29,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 
-from binder.config import build_dataclass, merge_overrides
+from binder.config import merge_overrides
 from binder.errors import BinderConfigError, BinderInputError, existing_file, reading
 from binder.imaging import MapAugmentConfig, as_array, augment_map, read_image_array, resize_center_crop, single_channel
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
+from binder.modality import ModalityConfig
 from binder.registry import ModalitySpec, register_modality
 
 STD_TINY = 1.0  # std of centred digits-world disparity in pixels (measured: 0.95), see INPUT_PRESETS
@@ -76,8 +77,11 @@ INPUT_PRESETS: Dict[str, DepthInput] = {
 
 
 @dataclass
-class DepthConfig:
+class DepthConfig(ModalityConfig):
     """Depth preprocessing + encoder settings (the schema of ``modality=depth``)."""
+
+    modality: ClassVar[str] = "depth"
+    presets: ClassVar[Mapping[str, TrunkConfig]] = PRESETS
 
     preset: str = "tiny"  # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | imagebind (384 wide, 12 deep, 224 x 224)
     encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
@@ -95,12 +99,7 @@ class DepthConfig:
     augment: MapAugmentConfig = field(default_factory=MapAugmentConfig)  # train-time augmentation
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):  # direct construction with a plain dict
-            self.encoder = build_dataclass(EncoderOverrides, self.encoder, "depth encoder")
-        if isinstance(self.augment, dict):
-            self.augment = build_dataclass(MapAugmentConfig, self.augment, "depth augment")
-        if self.preset not in PRESETS:
-            raise BinderConfigError(f"unknown depth preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        super().__post_init__()
         if not 0 < self.min_depth < self.max_depth:
             raise BinderConfigError(f"depth config needs 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
         if self.focal_length <= 0 or self.baseline <= 0 or self.depth_scale <= 0:
@@ -209,6 +208,5 @@ def example_input() -> np.ndarray:
 SPEC = register_modality(ModalitySpec(
     name="depth", config_cls=DepthConfig, preprocessor_cls=DepthPreprocessor, encoder_cls=DepthEncoder,
     augment_cls=DepthAugment, example_input=example_input,
-    render="binder.datasets.render_depth:render",  # the digits world: an embossed digit seen by a depth camera
     extensions=(".npy", ".png", ".tif", ".tiff"),
 ))

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,9 +31,10 @@ import torchaudio
 from einops import rearrange
 
 from binder.clips import POLICIES, sample_starts
-from binder.config import build_dataclass, merge_overrides
+from binder.config import merge_overrides
 from binder.errors import BinderConfigError, BinderInputError, check_rate, existing_file, reading
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
+from binder.modality import ModalityConfig
 from binder.registry import ModalitySpec, register_modality
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,11 @@ class IMUAugmentConfig:
 
 
 @dataclass
-class IMUConfig:
+class IMUConfig(ModalityConfig):
     """IMU preprocessing + encoder settings (the schema of ``modality=imu``)."""
+
+    modality: ClassVar[str] = "imu"
+    presets: ClassVar[Mapping[str, TrunkConfig]] = PRESETS
 
     preset: str = "tiny"  # encoder + signal preset: tiny (minutes on 2 CPU cores) | imagebind (6 x 2000, windows of 8)
     encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
@@ -101,12 +105,7 @@ class IMUConfig:
     augment: IMUAugmentConfig = field(default_factory=IMUAugmentConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):  # direct construction with a plain dict
-            self.encoder = build_dataclass(EncoderOverrides, self.encoder, "imu encoder")
-        if isinstance(self.augment, dict):
-            self.augment = build_dataclass(IMUAugmentConfig, self.augment, "imu augment")
-        if self.preset not in PRESETS:
-            raise BinderConfigError(f"unknown imu preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        super().__post_init__()
         if self.clip_policy not in POLICIES:
             raise BinderConfigError(f"imu clip_policy must be one of {POLICIES}, got {self.clip_policy!r}")
         for key in ("mean", "std"):
@@ -416,6 +415,5 @@ def example_input() -> tuple:
 SPEC = register_modality(ModalitySpec(
     name="imu", config_cls=IMUConfig, preprocessor_cls=IMUPreprocessor, encoder_cls=IMUEncoder,
     augment_cls=IMUAugment, example_input=example_input,
-    render="binder.datasets.render_imu:render",  # the digits world: a pen in the air tracing the digit
     extensions=(".csv", ".npy", ".npz"),
 ))

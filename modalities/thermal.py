@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 
-from binder.config import build_dataclass
 from binder.errors import BinderConfigError, BinderInputError
 from binder.imaging import MapAugmentConfig, as_array, augment_map, read_image_array, resize_center_crop, single_channel
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
+from binder.modality import ModalityConfig
 from binder.registry import ModalitySpec, register_modality
 
 PRESETS: Dict[str, TrunkConfig] = {
@@ -48,8 +48,11 @@ INPUT_SIZES: Dict[str, int] = {"tiny": 32, "imagebind": 224}
 
 
 @dataclass
-class ThermalConfig:
+class ThermalConfig(ModalityConfig):
     """Thermal preprocessing + encoder settings (the schema of ``modality=thermal``)."""
+
+    modality: ClassVar[str] = "thermal"
+    presets: ClassVar[Mapping[str, TrunkConfig]] = PRESETS
 
     preset: str = "tiny"  # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | imagebind (768 wide, 12 deep, 224 x 224)
     encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
@@ -61,12 +64,7 @@ class ThermalConfig:
     augment: MapAugmentConfig = field(default_factory=MapAugmentConfig)  # train-time augmentation
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):  # direct construction with a plain dict
-            self.encoder = build_dataclass(EncoderOverrides, self.encoder, "thermal encoder")
-        if isinstance(self.augment, dict):
-            self.augment = build_dataclass(MapAugmentConfig, self.augment, "thermal augment")
-        if self.preset not in PRESETS:
-            raise BinderConfigError(f"unknown thermal preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        super().__post_init__()
         if self.bits is not None and not 8 < int(self.bits) <= 32:
             raise BinderConfigError(f"thermal bits must be in 9..32 (8-bit frames are uint8), got {self.bits}")
 
@@ -157,6 +155,5 @@ def example_input() -> np.ndarray:
 SPEC = register_modality(ModalitySpec(
     name="thermal", config_cls=ThermalConfig, preprocessor_cls=ThermalPreprocessor, encoder_cls=ThermalEncoder,
     augment_cls=ThermalAugment, example_input=example_input,
-    render="binder.datasets.render_thermal:render",  # the digits world: a warm digit seen by a thermal camera
     extensions=(".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"),
 ))

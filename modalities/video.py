@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import av
 import numpy as np
@@ -48,10 +48,11 @@ from torch import nn
 
 from binder.anchor import ImageConfig
 from binder.clips import POLICIES, clip_starts, imagebind_clips
-from binder.config import build_dataclass, merge_overrides
+from binder.config import merge_overrides
 from binder.errors import BinderConfigError, BinderInputError, check_rate, reading
 from binder.imaging import resize_center_crop
 from binder.layers import Blocks, init_weights
+from binder.modality import ModalityConfig
 from binder.registry import ModalitySpec, register_modality
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,11 @@ PRESETS: Dict[str, TemporalConfig] = {
 
 
 @dataclass
-class VideoConfig:
+class VideoConfig(ModalityConfig):
     """Video preprocessing + encoder settings (the schema of ``modality=video``)."""
+
+    modality: ClassVar[str] = "video"
+    presets: ClassVar[Mapping[str, TemporalConfig]] = PRESETS
 
     mode: str = "temporal"  # temporal: trainable transformer over frozen frame embeddings | pooled: frame average, no training
     preset: str = "tiny"  # temporal transformer size preset: tiny | imagebind
@@ -116,12 +120,9 @@ class VideoConfig:
     temperature: float = 0.05  # fixed InfoNCE temperature
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):  # direct construction with a plain dict
-            self.encoder = build_dataclass(TemporalOverrides, self.encoder, "video encoder")
+        super().__post_init__()
         if self.mode not in ("temporal", "pooled"):
             raise BinderConfigError(f"video mode must be 'temporal' or 'pooled', got {self.mode!r}")
-        if self.preset not in PRESETS:
-            raise BinderConfigError(f"unknown video preset {self.preset!r}; expected one of {sorted(PRESETS)}")
         if self.spatial_crops not in (1, 3) or self.interpolation not in ("bicubic", "bilinear"):
             raise BinderConfigError(f"video spatial_crops must be 1 or 3 and interpolation bicubic or bilinear, got "
                                     f"{self.spatial_crops}, {self.interpolation!r}")
@@ -606,6 +607,5 @@ def example_input() -> np.ndarray:
 SPEC = register_modality(ModalitySpec(
     name="video", config_cls=VideoConfig, preprocessor_cls=VideoPreprocessor, encoder_cls=VideoEncoder,
     example_input=example_input,
-    render="binder.datasets.render_video:render",  # the digits world: a moving, rotating digit
     extensions=(".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"),
 ))

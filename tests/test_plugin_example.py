@@ -77,7 +77,9 @@ def test_discovered_through_the_entry_point(plugin):
         for folder in package.__path__:
             assert not module_file.is_relative_to(Path(folder).resolve())
     assert Path(spec.config_file).resolve() == module_file.with_name("tactile.yaml")
-    assert spec.has_digits
+    from binder.datasets.sources import digits_source
+
+    assert digits_source("tactile").render.__module__ == "binder_tactile.digits"  # its test data, apart
     # A fresh interpreter finds it by itself: binder imports the module, nobody else does.
     code = "import sys, binder; print('tactile' in binder.list_modalities(), 'binder_tactile.tactile' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
@@ -179,13 +181,14 @@ def test_bad_files_are_refused(plugin, tmp_path):
 
 def test_render_presses_a_digit(plugin, data_root):
     from binder.datasets.mnist import load_mnist
+    from binder_tactile import digits as stamp
 
     digits, _ = load_mnist(data_root / "mnist")
-    maps = [plugin.render(digits[i], np.random.default_rng([0, i])) for i in range(20)]
-    np.testing.assert_array_equal(maps[3], plugin.render(digits[3], np.random.default_rng([0, 3])))
+    maps = [stamp.render(digits[i], np.random.default_rng([0, i])) for i in range(20)]
+    np.testing.assert_array_equal(maps[3], stamp.render(digits[3], np.random.default_rng([0, 3])))
     for m in maps:
         assert m.shape == (32, 32) and m.dtype == np.float32 and m.min() >= 0 and np.isfinite(m).all()
-        force = m.sum() * (plugin.PITCH_MM * 1e-3) ** 2 * 1000.0  # kPa over the taxel areas -> newtons
+        force = m.sum() * (stamp.PITCH_MM * 1e-3) ** 2 * 1000.0  # kPa over the taxel areas -> newtons
         assert 2.0 < force < 17.0  # 3-15 N pressed, less what the skin spreads off the pad, plus noise
     pre = plugin.TactilePreprocessor(plugin.TactileConfig())
     x = torch.stack([pre(m) for m in maps])
@@ -206,7 +209,9 @@ def test_make_pairs_train_load_embed(plugin, compose, tiny_anchor, data_root, tm
     digits, labels = load_mnist(data_root / "mnist")
     assert [int(r["label"]) for r in rows] == labels[:60].tolist()
     first = np.load(manifest.parent / rows[0]["tactile"])  # the same MNIST instance renders both sides
-    np.testing.assert_array_equal(first, plugin.render(digits[0], np.random.default_rng([0, 0])))
+    from binder_tactile.digits import render
+
+    np.testing.assert_array_equal(first, render(digits[0], np.random.default_rng([0, 0])))
 
     run_dir = tmp_path / "run"
     cfg = compose([

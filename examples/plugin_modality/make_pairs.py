@@ -2,7 +2,7 @@
 
 Each MNIST instance gives both sides of a pair, as in binder's digits world: its image (a 28 x 28
 PNG, what the anchor sees) and the pressure map of that digit pressed as a stamp onto a taxel
-grid (:func:`binder_tactile.tactile.render`, saved as ``.npy`` in kPa). ::
+grid (:func:`binder_tactile.digits.render`, saved as ``.npy`` in kPa). ::
 
     python make_pairs.py --out DIR --n 400          # MNIST from --data-root or $BINDER_DATA
 
@@ -49,7 +49,7 @@ def write_pairs(out: "str | Path", n: int, root: "str | Path | None" = None, fir
     Raises:
         BinderInputError: no MNIST data, or ``n`` / ``first`` outside the split.
     """
-    from binder_tactile.tactile import render
+    from binder_tactile.digits import render
 
     images, labels = load_mnist(data_root(str(root) if root else None) / "mnist", split)
     if n < 1 or first < 0 or first + n > len(images):
