@@ -2,7 +2,7 @@
 
 After ImageBind (Girdhar et al., CVPR 2023, arXiv 2305.05665), with training, evaluation,
 fine-tuning and retrieval. Public API: :func:`load`, :func:`save`, :func:`merge`, :func:`use`,
-:func:`embed`, :func:`compose`, :class:`Index`, :func:`list_modalities`, :func:`register_modality`, :class:`ModalitySpec`,
+:func:`embed`, :func:`compose`, :func:`evaluate`, :class:`Index`, :func:`list_modalities`, :func:`register_modality`, :class:`ModalitySpec`,
 :class:`BindModel`, and :class:`Modality` (constants for the built-in modality names).
 """
 from binder.arithmetic import compose, compose_embeddings
@@ -14,6 +14,7 @@ from binder.errors import (
     ModelLoadError,
     NoDefaultModelError,
 )
+from binder.evaluation import evaluate
 from binder.index import Index
 from binder.io import load, merge, save
 from binder.model import BindModel
@@ -29,6 +30,6 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BindModel", "BinderConfigError", "BinderError", "BinderInputError", "Index", "ModalitySpec", "Modality",
-    "ModelLoadError", "NoDefaultModelError", "compose", "compose_embeddings", "embed", "get_modality", "list_modalities", "load", "merge", "register_modality",
+    "ModelLoadError", "NoDefaultModelError", "compose", "compose_embeddings", "embed", "evaluate", "get_modality", "list_modalities", "load", "merge", "register_modality",
     "save", "use", "__version__",
 ]
