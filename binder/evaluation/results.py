@@ -102,7 +102,9 @@ def write_json(record: Dict[str, Any], path: "str | os.PathLike") -> Path:
     return atomic_write(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
-write_metrics = write_json  # the training runs' name for it
+def write_metrics(path: "str | os.PathLike", metrics: Dict[str, Any]) -> Path:
+    """Write ``metrics`` as JSON at ``path``, atomically (training runs and recipes)."""
+    return write_json(metrics, path)
 
 
 def write_predictions(result: EvalResult, path: "str | os.PathLike") -> Path:
