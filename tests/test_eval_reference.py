@@ -13,9 +13,14 @@ import torch
 import torch.nn.functional as F
 
 import binder
+import test_imagebind
+import test_imagebind_fidelity
 from eval_layouts import write_esc50
-from test_imagebind import SIZES, checkpoint, import_reference, model, reference  # noqa: F401 (fixtures)
-from test_imagebind_fidelity import ref_data  # noqa: F401 (fixture)
+
+# ImageBind's reference model at reduced size, its checkpoint loaded by binder, and its loaders:
+# the fixtures of the equivalence tests, used here under the same names.
+reference, checkpoint, model = test_imagebind.reference, test_imagebind.checkpoint, test_imagebind.model
+ref_data = test_imagebind_fidelity.ref_data
 
 TEMPLATES = ["a sound of a {}.", "a photo of the {}.", "{}"]
 
