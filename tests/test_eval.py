@@ -107,23 +107,34 @@ def test_cache_hit_other_prompts_and_stale_or_partial_entries(audio_model, esc, 
 def test_an_interrupted_run_leaves_no_cache_entry_or_json(audio_model, esc, tmp_path, monkeypatch):
     import binder.evaluation.embedding as emb
 
-    def boom(*args, **kwargs):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(emb.torch, "stack", boom)
+    monkeypatch.setattr(emb, "_collate", interrupted)  # Ctrl-C while embedding
     with pytest.raises(KeyboardInterrupt):
         ev(audio_model, esc["root"], tmp_path, json_path=tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
-    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] if (tmp_path / "cache").exists() else True
-
-    import binder.evaluation.run as run_mod
-    real = run_mod.write_json
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     monkeypatch.undo()
-    monkeypatch.setattr("binder.files.os.replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with pytest.raises(KeyboardInterrupt):
+    import binder.files
+
+    monkeypatch.setattr(binder.files, "os", _FailingReplace())  # Ctrl-C as a file is moved into place
+    with pytest.raises(KeyboardInterrupt):  # ... the cache entry
+        ev(audio_model, esc["root"], tmp_path, json_path=tmp_path / "out.json")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    with pytest.raises(KeyboardInterrupt):  # ... the JSON
         ev(audio_model, esc["root"], tmp_path, json_path=tmp_path / "out.json", cache=False)
     assert not list(tmp_path.glob("*out.json*"))  # neither the JSON nor its temporary
-    assert real is run_mod.write_json
+
+
+class _FailingReplace:
+    """``os`` for atomic_write whose ``replace`` is interrupted."""
+
+    def replace(self, *args):
+        raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(os, name)
 
 
 # ----------------------------------------------------------------------------------------------
