@@ -26,7 +26,7 @@ def plot_result(record: Dict[str, Any], predictions: Sequence[Dict[str, Any]], p
     """One run: its metrics as bars (with the published figure as a line), plus per-class recall
     (classification with at most 60 classes) or the few-shot curve (probes)."""
     plt = _plt()
-    metrics = {k: v for k, v in record["metrics"].items() if v is not None and not k.endswith("_std")
+    metrics = {k: v for k, v in record["metrics"].items() if v is not None and "_std" not in k
                and not k.startswith("classes_")}
     shots = _shots(metrics)
     per_class = _per_class(record, predictions) if not shots else {}
