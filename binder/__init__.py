@@ -2,7 +2,7 @@
 
 After ImageBind (Girdhar et al., CVPR 2023, arXiv 2305.05665), with training, evaluation,
 fine-tuning and retrieval. Public API: :func:`load`, :func:`save`, :func:`merge`,
-:func:`create_model`, :func:`list_models`, :func:`use`, :func:`embed`, :func:`compose`,
+:func:`create_model`, :func:`list_models`, :func:`use`, :func:`embed`, :func:`compose`, :func:`evaluate`,
 :func:`compose_embeddings`, :class:`Index`, :func:`list_modalities`, :func:`get_modality`,
 :func:`register_modality`, :class:`ModalitySpec`, :class:`BindModel`, :class:`Modality` (constants
 for the built-in modality names) and the errors of :mod:`binder.errors`.
@@ -30,7 +30,7 @@ _LAZY = {
     "ModalitySpec": "binder.registry", "get_modality": "binder.registry", "list_modalities": "binder.registry",
     "register_modality": "binder.registry", "compose": "binder.api", "embed": "binder.api", "use": "binder.api",
     "compose_embeddings": "binder.arithmetic", "create_model": "binder.factory", "list_models": "binder.factory",
-    "load": "binder.io", "merge": "binder.io", "save": "binder.io",
+    "load": "binder.io", "merge": "binder.io", "save": "binder.io", "evaluate": "binder.evaluation",
 }
 
 __all__ = sorted([*_LAZY, "BinderConfigError", "BinderError", "BinderIndexError", "BinderInputError", "BinderLockError",
@@ -54,6 +54,7 @@ def __dir__() -> list:
 if TYPE_CHECKING:  # for type checkers and editors
     from binder.api import compose, embed, use
     from binder.arithmetic import compose_embeddings
+    from binder.evaluation import evaluate
     from binder.factory import create_model, list_models
     from binder.index import Index
     from binder.io import load, merge, save

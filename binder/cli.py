@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   binder search photos.idx --model M --image q.png --audio q.wav --weights 0.5,0.5 -k 10
   binder embed --model M --modality audio clips/ -o vectors.parquet
   binder serve photos.idx --model M                a local search page
+  binder eval --model M --dataset esc50 --root ~/data/ESC-50 --json esc50.json
 """
 
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     from binder.index.cli import add_commands
 
     RETRIEVAL.update(add_commands(sub))
+    from binder.evaluation.cli import add_commands as add_eval_commands
+
+    RETRIEVAL.update(add_eval_commands(sub))
     return parser
 
 

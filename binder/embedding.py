@@ -1,21 +1,26 @@
-"""The embedding API of a model: ``model.embed(audio=[...], image=[...], text=[...])``.
+"""Embedding: the one loop (:func:`embed_inputs`) and a model's ``embed(audio=[...], text=[...])``.
 
 Inputs are raw (file paths, waveforms with their sample rate, PIL images, strings); each
 modality's preprocessor (or the anchor's transform/tokenizer) turns them into model tensors,
 which are embedded in batches without gradients on the model's own device (or the one given).
 Every embedding that leaves binder is finite and unit-norm; an input that would give anything
-else is a :class:`~binder.errors.BinderInputError` naming it.
+else is a :class:`~binder.errors.BinderInputError` naming it (``on_error="raise"``, what
+``embed`` does) or is skipped and reported with its reason (``on_error="skip"``, what index
+building and evaluation do over thousands of files).
 """
 from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from binder.errors import BinderInputError
+from binder.errors import BinderError, BinderInputError
+from binder.files import FileRecord
 from binder.logs import progress as progress_bar
 from binder.types import IMAGE, TEXT, modality_name
 
@@ -50,24 +55,141 @@ def check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
-def check_finite(z: torch.Tensor, modality: str, start: int) -> None:
-    """Refuse non-finite embeddings, naming the inputs (by index) that produced them."""
-    bad = (~torch.isfinite(z)).any(-1)
-    if bad.any():
-        idx = [start + int(i) for i in torch.nonzero(bad).flatten()[:5]]
-        raise BinderInputError(f"{modality} input(s) {idx} give non-finite embeddings (values too large or "
-                               "degenerate after preprocessing); check those inputs")
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass
+class Embedded:
+    """What :func:`embed_inputs` made: the vectors of the inputs it could embed, and why the
+    others were skipped (only under ``on_error="skip"``)."""
+
+    vectors: np.ndarray  # (N', D) float32 unit vectors, in input order
+    kept: List[int]  # positions of the embedded inputs, ascending
+    skipped: List[Tuple[int, str]]  # (position, reason) of the inputs that could not be embedded
+    files: List[Optional[FileRecord]]  # per kept input: its file as it was read (record_files), else None
+
+
+class _Prepared(Dataset):
+    """Input i -> (i, model tensor, file record) or (i, the error, None)."""
+
+    def __init__(self, inputs: Sequence[Any], prepare: Callable[[Any], torch.Tensor], record_files: bool) -> None:
+        self.inputs, self.prepare, self.record_files = inputs, prepare, record_files
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> Tuple[int, Any, Optional[FileRecord]]:
+        item = self.inputs[i]
+        record = FileRecord.taken(item) if self.record_files else None  # before the file is read
+        try:
+            x = self.prepare(item)
+        except Exception as err:  # a decoder's own error too: reported (skip) or raised in the main process
+            return i, err, None
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            return i, BinderInputError("preprocessing gave NaN or infinite values"), None
+        return i, x, record
+
+
+def _collate(batch: List[Tuple[int, Any, Any]]) -> Tuple[List[int], Optional[torch.Tensor], List[Tuple[int, Any]],
+                                                         List[Any]]:
+    """(positions, stacked tensors, failures, file records): a batch keeps its most common shape
+    and reports the other inputs (preprocessors with variable output)."""
+    good = [(i, x, f) for i, x, f in batch if isinstance(x, torch.Tensor)]
+    bad: List[Tuple[int, Any]] = [(i, x) for i, x, _ in batch if not isinstance(x, torch.Tensor)]
+    shapes = {tuple(x.shape) for _, x, _ in good}
+    if len(shapes) > 1:
+        common = max(shapes, key=lambda s: sum(tuple(x.shape) == s for _, x, _ in good))
+        bad += [(i, BinderInputError(f"preprocessed to shape {tuple(x.shape)}, the other inputs to {common}"))
+                for i, x, _ in good if tuple(x.shape) != common]
+        good = [g for g in good if tuple(g[1].shape) == common]
+    stacked = torch.stack([x for _, x, _ in good]) if good else None
+    return [i for i, _, _ in good], stacked, bad, [f for _, _, f in good]
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not fight the main process for cores
+
+
+def _reason(err: BaseException) -> str:
+    return str(err) if isinstance(err, BinderError) else f"{type(err).__name__}: {err}"
+
+
+def _refuse(modality: str, position: int, err: BaseException) -> BinderInputError:
+    """The error of ``on_error="raise"``: binder's own as it is, a decoder's naming the input."""
+    if isinstance(err, BinderError):
+        return err
+    return BinderInputError(f"{modality} input {position} could not be read: {_reason(err)}")
+
+
+@torch.no_grad()
+def embed_inputs(model: Any, modality: str, inputs: Sequence[Any], *, batch_size: int = 32, num_workers: int = 0,
+                 sample_rate: Optional[float] = None, on_error: str = "raise", load: Optional[Callable] = None,
+                 record_files: bool = False, progress: bool = True) -> Embedded:
+    """The one embedding loop of binder: ``model.embed``, index building and evaluation all run it.
+
+    Inputs are read and preprocessed in DataLoader workers (``num_workers``; 0: in this process),
+    embedded in batches on the model's device without gradients, and checked: every vector is
+    finite and unit-norm.
+
+    Args:
+        model: A model with ``item_preprocessor`` and ``encode``.
+        modality: What the inputs are.
+        inputs: Raw inputs (file paths, ``(samples, rate)``, arrays, tensors, PIL images, strings).
+        batch_size, num_workers: Inputs per forward pass; reading processes.
+        sample_rate: The rate of waveforms given without one.
+        on_error: ``raise`` the first input that cannot be embedded (binder's error naming it), or
+            ``skip`` it and report it with its reason in :attr:`Embedded.skipped`.
+        load: Turns an input into the raw input (e.g. an evaluation record into its file's contents).
+        record_files: Record each path input's :class:`~binder.files.FileRecord` before reading it.
+        progress: A progress bar on a terminal.
+    """
+    if on_error not in ON_ERROR:
+        raise BinderInputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    check_batch_size(batch_size)
+    if modality == TEXT and load is None and on_error == "raise":  # name the input by its place in the list
+        bad = next(((i, x) for i, x in enumerate(inputs) if not isinstance(x, str)), None)
+        if bad is not None:
+            raise BinderInputError(f"text input {bad[0]} is a {type(bad[1]).__name__}, expected a string")
+    pre = model.item_preprocessor(modality)
+    prepare = (lambda item: pre(load(item), sample_rate=sample_rate)) if load else \
+        (lambda item: pre(item, sample_rate=sample_rate))
+    loader = DataLoader(_Prepared(list(inputs), prepare, record_files), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate, worker_init_fn=_worker_init if num_workers else None)
+    out = Embedded(np.zeros((0, model.anchor.embed_dim), dtype=np.float32), [], [], [])
+    was_training = model.training
+    model.eval()
+    try:
+        parts = _run(model, modality, loader, on_error, progress, out)
+    finally:
+        model.train(was_training)
+    if parts:
+        out.vectors = np.concatenate(parts)
+    return out
+
+
+def _run(model: Any, modality: str, loader: DataLoader, on_error: str, progress: bool, out: Embedded) -> list:
+    """Embed the loader's batches into ``out`` -> the (b, D) vector blocks."""
+    parts = []
+    for idx, x, bad, files in progress_bar(loader, f"embed {modality}", enabled=progress, unit="batch"):
+        if bad and on_error == "raise":
+            raise _refuse(modality, *bad[0])
+        out.skipped += [(i, _reason(err)) for i, err in bad]
+        if x is None:
+            continue
+        z = model.encode(modality, x.to(model.device)).float().cpu()  # (b, D)
+        finite = torch.isfinite(z).all(-1).tolist()
+        if on_error == "raise" and not all(finite):
+            raise BinderInputError(f"{modality} input(s) {[i for i, ok in zip(idx, finite) if not ok][:5]} give "
+                                   "non-finite embeddings (values too large or degenerate after preprocessing)")
+        out.skipped += [(i, "non-finite embedding") for i, ok in zip(idx, finite) if not ok]
+        out.kept += [i for i, ok in zip(idx, finite) if ok]
+        out.files += [f for f, ok in zip(files, finite) if ok]
+        parts.append(z[torch.tensor(finite, dtype=torch.bool)].numpy())
+    return parts
 
 
 class EmbedMixin:
     """Adds :meth:`embed` to a model that has ``encode``, ``anchor`` and ``preprocessors``."""
-
-    def preprocess(self, modality: str, items: List[Any], sample_rate: Optional[float] = None) -> torch.Tensor:
-        """Raw inputs of one modality -> one stacked model tensor."""
-        if modality == TEXT:
-            return self.anchor.tokenize(items)
-        pre = self.item_preprocessor(modality)
-        return torch.stack([pre(x, sample_rate=sample_rate) for x in items])
 
     def _missing(self, modality: str) -> BinderInputError:
         return BinderInputError(f"this model has no {modality} encoder; it embeds {self.modalities}")
@@ -124,12 +246,6 @@ class EmbedMixin:
         items = as_items(value, modality)
         if not items:
             raise BinderInputError(f"embed(): no {modality} inputs given (an empty list)")
-        chunks = range(0, len(items), batch_size)
-        bar = progress_bar(chunks, f"embed {modality}", enabled=progress and len(chunks) >= 4)
-        parts = []
-        for start in bar:
-            x = self.preprocess(modality, items[start : start + batch_size], sample_rate).to(device)
-            z = self.encode(modality, x).float().cpu()
-            check_finite(z, modality, start)
-            parts.append(z)
-        return torch.cat(parts)
+        done = embed_inputs(self, modality, items, batch_size=batch_size, sample_rate=sample_rate,
+                            progress=progress and len(items) >= 4 * batch_size)
+        return torch.from_numpy(done.vectors)

@@ -21,8 +21,11 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from binder.errors import BinderInputError
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +211,62 @@ def atomic_write(path: "str | Path", data: "str | bytes") -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class FileRecord:
+    """What a file was when it was indexed: its real path (symbolic links resolved), size and
+    modification time. A file that no longer matches is not served as the indexed item."""
+
+    real: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: "str | os.PathLike") -> "FileRecord":
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        return cls(real, int(st.st_size), int(st.st_mtime_ns))
+
+    @classmethod
+    def taken(cls, item: Any) -> "Optional[FileRecord]":
+        """The record of ``item`` if it is the path of an existing file, else None (never raises)."""
+        if not isinstance(item, (str, os.PathLike)):
+            return None
+        try:
+            return cls.of(item)
+        except (OSError, ValueError):
+            return None
+
+    def matches(self, path: "str | os.PathLike") -> bool:
+        """Whether ``path`` still resolves to this file, unchanged."""
+        try:
+            os.close(self.open(path))
+        except (OSError, BinderInputError):
+            return False
+        return True
+
+    def open(self, path: "str | os.PathLike") -> int:
+        """A read-only descriptor of this very file, reached through ``path``: ``path`` must still
+        resolve to the recorded real path, and the file opened there (never through a symbolic
+        link swapped in since) must have the recorded size and time.
+
+        Raises:
+            BinderInputError: the file changed, moved or is gone.
+        """
+        changed = BinderInputError(f"file {str(path)!r} changed since it was indexed (its size, time or where it "
+                                   "resolves differ)")
+        if os.path.realpath(path) != self.real:
+            raise changed
+        try:
+            fd = os.open(self.real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            raise changed from None
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
+            os.close(fd)
+            raise changed
+        return fd
+
+
 LOCK_POLL = 0.1  # seconds between attempts while another process holds a lock
 
 
@@ -233,7 +292,7 @@ def exclusive(target: "str | Path", what: str, timeout: float = 600.0) -> Iterat
     """
     import math
 
-    from binder.errors import BinderInputError, BinderLockError
+    from binder.errors import BinderLockError
 
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0:
         raise BinderInputError(f"wait must be a finite number of seconds >= 0, got {timeout!r}")

@@ -8,8 +8,6 @@ reported and skipped, never fatal; a manifest with no usable row is an error.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import random
 from collections import Counter
@@ -22,6 +20,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from binder.config import SCHEMAS, build_dataclass
+from binder.manifests import read_rows, require, resolve
 from binder.training.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.logs import progress
@@ -56,42 +55,23 @@ class ManifestConfig:
 SCHEMAS.register("data/manifest", ManifestConfig)
 
 
-def _rows(path: Path) -> List[Dict[str, Any]]:
-    try:
-        if path.suffix in (".jsonl", ".json", ".ndjson"):
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        else:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
-        raise BinderInputError(f"manifest {str(path)!r} is not valid CSV / JSON lines: {err}") from err
-    if not all(isinstance(r, dict) for r in rows):
-        raise BinderInputError(f"manifest {str(path)!r}: every JSON line must be an object with named columns")
-    return rows
-
-
 def read_manifest(path: "str | Path", modalities: "str | Sequence[str]", need_image: bool = True) -> List[Dict[str, Any]]:
-    """Rows of a CSV or JSON-lines manifest with absolute paths; checks the required columns
-    (``image`` when ``need_image``, and every modality's)."""
-    path = Path(path).expanduser()
+    """Rows of a CSV or JSON-lines manifest (:mod:`binder.manifests`) with absolute paths; checks
+    the required columns (``image`` when ``need_image``, and every modality's)."""
     modalities = [modalities] if isinstance(modalities, str) else list(modalities)
-    if path.is_dir():
-        raise BinderInputError(f"manifest {str(path)!r} is a directory; expected a CSV or .jsonl file")
-    if not path.is_file():
+    path = Path(path).expanduser()
+    if not path.exists():
         raise BinderInputError(f"manifest {str(path)!r} does not exist: set data.path to your CSV or .jsonl file of pairs")
-    rows = _rows(path)
-    need = set(modalities) | ({IMAGE} if need_image else set())
-    columns = set().union(*(r.keys() for r in rows)) if rows else set()
-    if not rows or not need <= columns:
-        raise BinderInputError(f"manifest {str(path)!r} needs columns {sorted(need)} (optional: id, label); "
-                               f"found {sorted(columns) if rows else 'no rows'}")
-    for i, row in enumerate(rows):
+    rows = read_rows(path)
+    require(rows, path, [*([IMAGE] if need_image else []), *modalities], optional="id, label")
+    out = []
+    for i, (_, row) in enumerate(rows):
         row.setdefault("id", str(i))
         for key in (IMAGE, *modalities):
             if row.get(key):
-                p = Path(str(row[key])).expanduser()
-                row[key] = str(p if p.is_absolute() else path.parent / p)
-    return rows
+                row[key] = resolve(row[key], path)
+        out.append(row)
+    return out
 
 
 class ManifestPairs(Dataset):

@@ -35,6 +35,14 @@ def modules() -> Dict[str, Path]:
     return out
 
 
+def runtime_nodes(tree: ast.AST) -> List[ast.AST]:
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (never run)."""
+    skipped = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and
+               getattr(block.test, "id", getattr(block.test, "attr", "")) == "TYPE_CHECKING"
+               for stmt in block.body for n in ast.walk(stmt)}
+    return [n for n in ast.walk(tree) if id(n) not in skipped]
+
+
 def import_graph() -> Dict[str, Set[str]]:
     """module -> the modules it imports, at module level or inside functions alike."""
     mods = modules()
@@ -48,7 +56,7 @@ def import_graph() -> Dict[str, Set[str]]:
     for mod, path in mods.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 deps |= {owner(a.name) for a in node.names}
             elif isinstance(node, ast.ImportFrom):
@@ -120,11 +128,12 @@ def test_top_level_folders_step_aside_for_installed_packages(name, tmp_path):
     fake = tmp_path / "site" / name
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("REAL = True\n")
-    code = (f"import sys; sys.path[:0] = [{str(REPO)!r}]; sys.path.append({str(tmp_path / 'site')!r}); "
+    # -S: no site-packages, so that only these paths decide (HF datasets may be installed here)
+    code = (f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(tmp_path / 'site')!r}]; "
             f"import {name}; print(getattr({name}, 'REAL', False), {name}.__file__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
-    assert out.split()[0] == "True" and str(tmp_path) in out
-    missing = subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{str(REPO)!r}]; import {name}"],
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split()[0] == "True" and str(tmp_path) in out.stdout
+    missing = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = [{str(REPO)!r}]; import {name}"],
                              capture_output=True, text=True, cwd=tmp_path)
     assert missing.returncode == 1 and f"No module named '{name}'" in missing.stderr
     assert __import__(f"binder.{name}", fromlist=["_"]).__name__ == f"binder.{name}"  # still binder's

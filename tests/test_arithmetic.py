@@ -163,7 +163,10 @@ def test_arithmetic_experiment_writes_its_report(compose, model, small_data_root
     assert all(0 <= r["precision"] <= 1 for r in result["rows"].values())
     assert len(result["sweep"]["calibrated"]) == 3 and set(result["query_spreads"]) >= {"image", "audio"}
     for folder in (tmp_path / "run", tmp_path / "bench"):
-        assert json.loads((folder / "arithmetic.json").read_text())["gallery"] == 90
+        record = json.loads((folder / "arithmetic.json").read_text())
+        assert record["binder"]["details"]["gallery"] == 90 and record["task"] == "composed_retrieval"
+        assert record["metrics"]["composed_image_retrieval_precision@10"] == pytest.approx(
+            100 * record["binder"]["details"]["rows"]["image + audio (composed)"]["precision"])
         assert "| image + audio (composed) |" in (folder / "arithmetic.md").read_text()
         assert (folder / "arithmetic.png").read_bytes()[:4] == b"\x89PNG"
     (folder / "arithmetic.png").unlink()  # the figure is redrawn from the saved JSON alone

@@ -50,6 +50,10 @@ def test_benchmark_multirun_writes_table_and_resumes(tiny_anchor, small_data_roo
     assert list(cells) == ["emergent", "text-paired", "supervised"]
     for cell in cells.values():
         assert cell["chance"] == pytest.approx(10.0) and cell["n"] == 10 and cell["top1"] <= cell["top5"]
+    records = saved["records"]  # the binding cells' evaluations, in binder eval's CLIP_benchmark schema
+    assert [r["dataset"] for r in records] == ["digits-audio", "digits-audio"]
+    assert sorted(r["metrics"]["acc1"] for r in records) == sorted([cells["emergent"]["top1"],
+                                                                    cells["text-paired"]["top1"]])
     md = (sweep / "table.md").read_text()
     assert "| audio | 10.0 |" in md and "text-paired" in md and "supervised" in md
     with Image.open(sweep / "table.png") as img:

@@ -261,7 +261,7 @@ def test_raw_inputs_of_every_modality(model, tmp_path):
     for name, n in counts.items():
         assert out[name].shape == (n, 32) and torch.isfinite(out[name]).all(), name
         assert torch.allclose(out[name].norm(dim=-1), torch.ones(n), atol=1e-5), name
-    pre = model.preprocess(Modality.AUDIO, [wav])
+    pre = model.item_preprocessor(Modality.AUDIO)(wav)[None]
     assert pre.shape == (1, 3, 1, 128, 204)  # binder's audio preprocessing in ImageBind's shape
 
 

@@ -64,10 +64,10 @@ class ImageBindModel(BindModel):
             return self.anchor.encode_video(x)
         return super().encode(modality, x)
 
-    def preprocess(self, modality: str, items: List[Any], sample_rate: Optional[float] = None) -> torch.Tensor:
+    def item_preprocessor(self, modality: str) -> Any:
         if modality == VIDEO and self.video_via_anchor and modality not in self.preprocessors:
             self.preprocessors[modality] = video_preprocessor(self.anchor)
-        return super().preprocess(modality, items, sample_rate)
+        return super().item_preprocessor(modality)
 
 
 def video_preprocessor(anchor: Any) -> Any:

@@ -9,73 +9,24 @@ keeping each with its reason: nothing is lost silently and the rest is still emb
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
-from binder.errors import BinderError, BinderInputError
-from binder.logs import progress
+from binder.embedding import embed_inputs
+from binder.errors import BinderInputError
+from binder.files import FileRecord
+from binder.manifests import is_manifest, read_rows, resolve
 from binder.registry import get_modality
 from binder.types import IMAGE, TEXT, modality_name
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-MANIFEST_SUFFIXES = (".csv", ".jsonl")
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """What a file was when it was indexed: its real path (symbolic links resolved), size and
-    modification time. A file that no longer matches is not served as the indexed item."""
-
-    real: str
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, path: "str | os.PathLike") -> "FileRecord":
-        real = os.path.realpath(path)
-        st = os.stat(real)
-        return cls(real, int(st.st_size), int(st.st_mtime_ns))
-
-    def matches(self, path: "str | os.PathLike") -> bool:
-        """Whether ``path`` still resolves to this file, unchanged."""
-        try:
-            os.close(self.open(path))
-        except (OSError, BinderInputError):
-            return False
-        return True
-
-    def open(self, path: "str | os.PathLike") -> int:
-        """A read-only descriptor of this very file, reached through ``path``: ``path`` must still
-        resolve to the recorded real path, and the file opened there (never through a symbolic
-        link swapped in since) must have the recorded size and time.
-
-        Raises:
-            BinderInputError: the file changed, moved or is gone.
-        """
-        changed = BinderInputError(f"file {str(path)!r} changed since it was indexed (its size, time or where it "
-                                   "resolves differ)")
-        if os.path.realpath(path) != self.real:
-            raise changed
-        try:
-            fd = os.open(self.real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            raise changed from None
-        st = os.fstat(fd)
-        if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
-            os.close(fd)
-            raise changed
-        return fd
 
 
 @dataclass
@@ -126,11 +77,11 @@ def gather(sources: "str | os.PathLike | Iterable[Any]", modality: str) -> List[
             items.append(source)
             continue
         path = Path(source).expanduser()
-        if modality == TEXT and path.suffix.lower() not in MANIFEST_SUFFIXES:
+        if modality == TEXT and not is_manifest(path):
             items += _texts(source, path)
         elif path.is_dir():
             items += _folder(path, modality)
-        elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
+        elif is_manifest(path) and path.is_file():
             items += read_manifest(path, modality)
         elif path.exists():
             items.append(Item(str(path.absolute())))
@@ -175,158 +126,46 @@ def _text_file(path: Path, meta: Dict[str, Any]) -> Item:
 
 
 def read_manifest(path: Path, modality: str) -> List[Item]:
-    """Rows of a CSV (header) or JSON Lines manifest -> items; numbers in CSV cells become numbers."""
+    """Rows of a CSV (header) or JSON Lines manifest -> items (:mod:`binder.manifests`); numbers in
+    CSV cells become numbers; a ``path`` column (for text, a ``text`` column) is required."""
     key = "text" if modality == TEXT else "path"
-    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
     items = []
-    for line, row in rows:
+    for line, row in read_rows(path, typed=True):
         value = row.pop(key, None)
         if value in (None, ""):
             raise BinderInputError(f"manifest {str(path)!r} line {line}: no {key!r} value (columns: {sorted(row)})")
-        if key == "path":
-            value = Path(str(value)).expanduser()
-            value = str(value if value.is_absolute() else (path.parent / value).absolute())
-        items.append(Item(str(value), {k: v for k, v in row.items() if k not in ("id", "path")}))
+        value = resolve(value, path) if key == "path" else str(value)
+        items.append(Item(value, {k: v for k, v in row.items() if k not in ("id", "path")}))
     return items
-
-
-def _number(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _csv_rows(path: Path) -> List[Tuple[int, Dict[str, Any]]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames:
-                raise BinderInputError(f"manifest {str(path)!r} is empty: expected a header row with a path column")
-            return [(i + 2, {k: _number(v) for k, v in row.items() if k is not None}) for i, row in enumerate(reader)]
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise BinderInputError(f"manifest {str(path)!r} is not a readable UTF-8 CSV file: {err}") from None
-
-
-def _jsonl_rows(path: Path) -> List[Tuple[int, Dict[str, Any]]]:
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise BinderInputError(f"manifest {str(path)!r} is not UTF-8 text: {err}") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BinderInputError(f"manifest {str(path)!r} line {i} is not JSON: {err}") from None
-        if not isinstance(row, dict):
-            raise BinderInputError(f"manifest {str(path)!r} line {i} must be a JSON object, got {type(row).__name__}")
-        rows.append((i, row))
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------
 # Bulk embedding
 # ----------------------------------------------------------------------------------------------
 
-class _Preprocessed(Dataset):
-    """Item i -> (i, model tensor) or (i, reason) when it cannot be read."""
-
-    def __init__(self, items: Sequence[Item], preprocess: Callable[[Any], torch.Tensor], files: bool) -> None:
-        self.items, self.preprocess, self.files = items, preprocess, files
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Tuple[int, Any, Optional[FileRecord]]:
-        item = self.items[i]
-        try:
-            record = _record(item.path) if self.files else None  # taken before reading the file
-            x = self.preprocess(item.path)
-        except BinderError as err:
-            return i, str(err), None
-        except Exception as err:  # a decoder's own error: report it, keep going
-            return i, f"{type(err).__name__}: {err}", None
-        if not torch.isfinite(x).all():
-            return i, "preprocessing gave NaN or infinite values", None
-        return i, x, record
-
-
-def _record(path: str) -> Optional[FileRecord]:
-    try:
-        return FileRecord.of(path)
-    except OSError:  # the preprocessor names the problem
-        return None
-
-
-Batch = Tuple[List[int], Optional[torch.Tensor], List[Tuple[int, str]], List[Optional[FileRecord]]]
-
-
-def _collate(batch: List[Tuple[int, Any, Optional[FileRecord]]]) -> Batch:
-    good = [(i, x, f) for i, x, f in batch if isinstance(x, torch.Tensor)]
-    bad = [(i, x) for i, x, _ in batch if not isinstance(x, torch.Tensor)]
-    shapes = {tuple(x.shape) for _, x, _ in good}
-    if len(shapes) > 1:  # a preprocessor with variable output: keep the most common shape, report the rest
-        common = max(shapes, key=lambda s: sum(tuple(x.shape) == s for _, x, _ in good))
-        bad += [(i, f"preprocessed to shape {tuple(x.shape)}, the batch has {common}") for i, x, _ in good
-                if tuple(x.shape) != common]
-        good = [g for g in good if tuple(g[1].shape) == common]
-    stacked = torch.stack([x for _, x, _ in good]) if good else None
-    return [i for i, _, _ in good], stacked, bad, [f for _, _, f in good]
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # decoding workers must not fight the main process for cores
-
-
-def _embed_batches(model: Any, modality: str, loader: DataLoader, show_progress: bool, items: Sequence[Item],
-                   kept: List[Item], parts: List[np.ndarray], skipped: List[Tuple[str, str]]) -> None:
-    """Embed the loader's batches, appending kept items (with their file records), (b, D) vectors
-    and skips in place."""
-    for idx, x, bad, files in progress(loader, f"embed {modality}", enabled=show_progress, unit="batch"):
-        skipped += [(items[i].path, reason) for i, reason in bad]
-        if x is None:
-            continue
-        z = model.encode(modality, x.to(model.device)).float().cpu()  # (b, D)
-        finite = torch.isfinite(z).all(-1)
-        skipped += [(items[i].path, "non-finite embedding") for i, ok in zip(idx, finite) if not ok]
-        kept += [replace(items[i], file=f) for i, f, ok in zip(idx, files, finite.tolist()) if ok]
-        parts.append(z[finite].numpy())
-
-
-@torch.no_grad()
 def embed_items(model: Any, modality: str, items: Sequence[Item], batch_size: int = 64, num_workers: int = 2,
                 show_progress: bool = True) -> EmbedReport:
-    """Embed ``items`` of ``modality``: workers read and preprocess, the main process embeds.
+    """Embed ``items`` of ``modality`` with binder's one embedding loop
+    (:func:`binder.embedding.embed_inputs`): workers read and preprocess, the main process embeds;
+    a file that cannot be read is skipped and reported, and each file's record is taken before
+    it is read (what the search page checks before serving it).
 
     Returns:
         The embedded items with their (N, D) float32 unit vectors, and the skipped ones with reasons.
     """
     modality = modality_name(modality)
     check_bulk_options(batch_size, num_workers)
-    dataset = _Preprocessed(list(items), model.item_preprocessor(modality), files=modality != TEXT)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
-                        worker_init_fn=_worker_init if num_workers else None)
-    was_training = model.training
-    model.eval()
-    kept: List[Item] = []
-    parts: List[np.ndarray] = []
-    skipped: List[Tuple[str, str]] = []
-    try:
-        _embed_batches(model, modality, loader, show_progress, items, kept, parts, skipped)
-    finally:
-        model.train(was_training)
-    vectors = np.concatenate(parts) if parts else np.zeros((0, model.anchor.embed_dim), dtype=np.float32)
+    items = list(items)
+    done = embed_inputs(model, modality, [it.path for it in items], batch_size=batch_size, num_workers=num_workers,
+                        on_error="skip", record_files=modality != TEXT, progress=show_progress)
+    skipped = [(items[i].path, reason) for i, reason in done.skipped]
     for path, reason in skipped:
         log.info("skipped %s: %s", path, reason)
     if skipped:
         log.warning("%d of %d %s item(s) could not be read and were skipped (listed in the report)", len(skipped),
                     len(items), modality)
-    return EmbedReport(kept, vectors, skipped)
+    kept = [replace(items[i], file=f) for i, f in zip(done.kept, done.files)]
+    return EmbedReport(kept, done.vectors, skipped)
 
 
 MAX_BATCH, MAX_WORKERS = 65_536, 256

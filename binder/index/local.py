@@ -21,7 +21,7 @@ import numpy as np
 
 from binder.errors import BinderInputError
 from binder.index.engine import FaissEngine, resolve_kind
-from binder.index.items import FileRecord
+from binder.files import FileRecord
 from binder.index.store import MetadataStore, Where
 from binder.files import file_digest
 

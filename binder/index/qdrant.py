@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from binder.errors import BinderInputError, BinderLockError
-from binder.index.items import FileRecord
+from binder.files import FileRecord
 from binder.index.store import Where
 
 log = logging.getLogger(__name__)

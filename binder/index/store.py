@@ -23,7 +23,7 @@ import numpy as np
 
 from binder.errors import BinderInputError
 from binder.index.hits import Hit, Hits, hits_from_rows
-from binder.index.items import FileRecord
+from binder.files import FileRecord
 
 Where = Union[None, str, Mapping[str, Any]]
 

@@ -31,7 +31,7 @@ from binder.config import SCHEMAS, build_dataclass, to_dict
 from binder.datasets.composites import composite_gallery, side_by_side
 from binder.datasets.digits import DigitsConfig, DigitsWorld
 from binder.errors import BinderConfigError
-from binder.evaluation import write_metrics
+from binder.evaluation.results import make_record, write_metrics
 from binder.files import atomic_savefig, atomic_write
 from binder.types import IMAGE
 
@@ -200,11 +200,31 @@ def plot_sweep(result: Dict[str, Any], path: Path) -> None:
     atomic_savefig(fig, path, dpi=110)
 
 
+def to_record(result: Dict[str, Any]) -> Dict[str, Any]:
+    """The result as a CLIP_benchmark record (binder eval's schema): composed-query retrieval
+    metrics under ``metrics``, the full result under ``binder.details``."""
+    k, rows = result["k"], result["rows"]
+    metrics = {}
+    for name, key in (("image + audio (composed)", "composed"), ("image only", "image_only"),
+                      ("audio only", "audio_only"), ("image + audio (uncalibrated)", "uncalibrated")):
+        metrics[f"{key}_image_retrieval_precision@{k}"] = 100 * rows[name]["precision"]
+        metrics[f"{key}_image_retrieval_recall@{k}"] = 100 * rows[name]["recall"]
+    return make_record("digits-arithmetic", str(result.get("model", "")), str(result.get("model", "")),
+                       "composed_retrieval", metrics, classnames=[str(d) for d in range(10)], split="test",
+                       modality="image+audio", n=result["queries"], skipped=[], details=result,
+                       protocol={"name": "digits-arithmetic", "version": "1", "source": __name__})
+
+
+def unwrap(result: Dict[str, Any]) -> Dict[str, Any]:
+    """The benchmark's own result from a record (or a result written before records)."""
+    return result["binder"]["details"] if "binder" in result else result
+
+
 def write_report(result: Dict[str, Any], folder: Path) -> None:
-    """``arithmetic.md``, ``arithmetic.json`` and ``arithmetic.png`` in ``folder``."""
+    """``arithmetic.md``, ``arithmetic.json`` (a CLIP_benchmark record) and ``arithmetic.png`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "arithmetic.md", format_report(result) + "\n")
-    write_metrics(folder / "arithmetic.json", result)
+    write_metrics(folder / "arithmetic.json", to_record(result))
     plot_sweep(result, folder / "arithmetic.png")
 
 
@@ -252,7 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("result", type=Path, help="an arithmetic.json")
     path = parser.parse_args(argv).result
-    plot_sweep(json.loads(path.read_text()), path.with_suffix(".png"))
+    plot_sweep(unwrap(json.loads(path.read_text())), path.with_suffix(".png"))
     log.info("wrote %s", path.with_suffix(".png"))
     return 0
 

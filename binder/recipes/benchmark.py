@@ -125,11 +125,17 @@ def check_goals(results: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]
     return checks
 
 
+def cell_records(sweep_dir: Path) -> List[Dict[str, Any]]:
+    """The cells' evaluation records (``<cell>/eval/*.json``, binder eval's CLIP_benchmark schema)."""
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/eval/*.json"))]
+
+
 def write_table(run_dir: Path, results: Dict[str, Dict[str, Any]], columns: List[str]) -> Dict[str, Any]:
-    """Write table.json, table.md and table.png; return the JSON summary."""
+    """Write table.json (with every cell's evaluation record), table.md and table.png; return the JSON summary."""
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = {"columns": columns, "results": results, "checks": check_goals(results),
-               "goal": f"emergent top-1 >= {GOAL_EMERGENT:g}% and within {GOAL_GAP:g} points of text-paired"}
+               "goal": f"emergent top-1 >= {GOAL_EMERGENT:g}% and within {GOAL_GAP:g} points of text-paired",
+               "records": cell_records(run_dir)}
     write_metrics(run_dir / "table.json", summary)
     atomic_write(run_dir / "table.md", format_markdown(results, columns, summary["checks"]))
     plot_table(results, columns, run_dir / "table.png")

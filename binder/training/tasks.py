@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from binder.arithmetic import calibrate_from_datamodule
 from binder.config import build_dataclass, check_keys, instantiate, to_dict
 from binder.errors import BinderConfigError
-from binder.evaluation import EvalConfig, format_table, write_metrics, zero_shot
+from binder.evaluation import EvalConfig, digits_row, evaluate_inputs, format_table, write_json, write_metrics
 from binder.io import load, save
 from binder.model import BindModel
 from binder.registry import build_config, get_modality
@@ -131,10 +131,13 @@ def evaluate(model: BindModel, datamodule: Any, modality: str, cfg: DictConfig) 
     if not len(inputs) or not datamodule.classnames:
         return {}
     eval_cfg = build_dataclass(EvalConfig, cfg.eval, "eval")
-    result = zero_shot(model, modality, inputs, labels, datamodule.classnames, datamodule.templates,
-                       batch_size=eval_cfg.batch_size)
+    name = f"{type(datamodule).__module__.rsplit('.', 1)[-1]}-{modality}"  # digits-audio, manifest-depth, ...
+    result = evaluate_inputs(model, modality, inputs, labels, datamodule.classnames, datamodule.templates, name=name,
+                             batch_size=eval_cfg.batch_size)  # the same evaluator and JSON as binder eval
+    (Path(cfg.run_dir) / "eval").mkdir(parents=True, exist_ok=True)
+    write_json(result.record, Path(cfg.run_dir) / "eval" / f"{name}.json")
     column = "text-paired" if cfg.target == "text" else "emergent"
-    return {f"{modality}->text ({column})": result}
+    return {f"{modality}->text ({column})": digits_row(result)}
 
 
 def header(cfg: DictConfig, modalities: List[str], data: str, run_dir: Path) -> None:
