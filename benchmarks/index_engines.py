@@ -210,7 +210,7 @@ def run_binder(w: Workload, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         build = time.perf_counter() - t
         del items  # 200k Python objects the benchmark made would slow every garbage collection below
         gc.collect()
-        engine = idx.backend.engine
+        engine = idx.engine.vectors
         params = engine.search_params(K)  # what binder's search passes to FAISS
         raw_qps = binder_qps = 0.0
         for _ in range(3):  # interleaved rounds, the best of each (the same treatment for both)

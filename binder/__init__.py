@@ -33,8 +33,13 @@ _LAZY = {
     "load": "binder.io", "merge": "binder.io", "save": "binder.io", "evaluate": "binder.evaluation",
 }
 
-__all__ = sorted([*_LAZY, "BinderConfigError", "BinderError", "BinderIndexError", "BinderInputError", "BinderLockError",
-                  "MissingDependencyError", "ModelLoadError", "NoDefaultModelError", "__version__"])
+__all__ = [
+    "BindModel", "BinderConfigError", "BinderError", "BinderIndexError", "BinderInputError", "BinderLockError", "Index",
+    "MissingDependencyError", "ModalitySpec", "Modality", "ModelLoadError", "NoDefaultModelError", "__version__",
+    "compose", "compose_embeddings", "create_model", "embed", "evaluate", "get_modality", "list_modalities",
+    "list_models", "load", "merge", "register_modality", "save", "use",
+]
+assert set(__all__) >= set(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

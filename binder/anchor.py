@@ -132,7 +132,8 @@ def _array_image(image: Any) -> Image.Image:
     if x.ndim == 3 and x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] != 3) or min(x.shape[:2], default=0) == 0:
-        raise BinderInputError(f"image array must be (H, W), (H, W, 3) or (3, H, W) with H, W >= 1, got shape {x.shape}")
+        raise BinderInputError(f"image array must be (H, W), (H, W, 3) or (3, H, W) with H, W >= 1, got shape "
+                               f"{x.shape}")
     if x.dtype.kind == "f":
         if not np.isfinite(x).all():
             raise BinderInputError("image array contains NaN or infinite pixels")

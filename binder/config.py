@@ -115,7 +115,8 @@ def check_keys(node: Any, group: str, allowed_extra: tuple = ()) -> Any:
     values = to_dict(node)
     path = values.get("_target_")
     if not path:
-        raise BinderConfigError(f"config group {group!r} needs a _target_ (the class to build), got keys {sorted(values)}")
+        raise BinderConfigError(f"config group {group!r} needs a _target_ (the class to build), got keys "
+                                f"{sorted(values)}")
     try:
         target = get_method(path)
     except Exception as err:

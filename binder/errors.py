@@ -94,4 +94,5 @@ class reading:  # noqa: N801 (used as a context manager, like open)
         if err is None or isinstance(err, BinderError) or not isinstance(err, Exception):
             return False
         detail = str(err).splitlines()[0] if str(err) else ""
-        raise BinderInputError(f"{self.kind} {str(self.path)!r} is not {self.what}: {type(err).__name__}: {detail}") from err
+        raise BinderInputError(f"{self.kind} {str(self.path)!r} is not {self.what}: {type(err).__name__}: "
+                               f"{detail}") from err

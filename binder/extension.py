@@ -161,6 +161,10 @@ class Registry(Generic[T]):
         self.discover()
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
 
+    def registered(self) -> List[str]:
+        """The names registered so far, without discovering more (no import happens)."""
+        return sorted(self._items)
+
     def items(self) -> List[Tuple[str, T]]:
         self.discover()
         return sorted(self._items.items())

@@ -102,7 +102,8 @@ def read_config(path: Path) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ModelLoadError(f"{where} must hold a JSON object, got a {type(config).__name__}")
     if config.get("format") != FORMAT:
-        raise ModelLoadError(f"{where} is not a binder config: key 'format' must be {FORMAT!r}, got {config.get('format')!r}")
+        raise ModelLoadError(f"{where} is not a binder config: key 'format' must be {FORMAT!r}, got "
+                             f"{config.get('format')!r}")
     for key, kind in (("anchor", dict), ("modalities", dict)):
         if not isinstance(config.get(key), kind):
             raise ModelLoadError(f"{where}: key {key!r} must be a JSON object, got {type(config.get(key)).__name__}")
@@ -152,7 +153,8 @@ def _check_state(model: Any, state: Dict[str, torch.Tensor], where: Path) -> Non
         raise ModelLoadError(f"weights in {str(where)!r} do not match config.json: missing {missing[:5]}"
                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                              f"{'...' if len(unexpected) > 5 else ''}")
-    bad = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    bad = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+           if state[k].shape != v.shape]
     if bad:
         raise ModelLoadError(f"weights in {str(where)!r} have the wrong shapes for config.json: {bad[:5]}")
 
@@ -181,7 +183,8 @@ def load_folder(path: "str | Path", device: "str | torch.device" = "cpu", verify
         raise ModelLoadError(f"config.json in {str(path)!r} does not describe a buildable model: {err}") from None
     expected = config.get("anchor_fingerprint")
     if verify and expected and anchor.fingerprint() != expected:
-        raise ModelLoadError(f"the anchor built from {str(path / CONFIG_NAME)!r} ({config['anchor'].get('model')}) is not "
+        raise ModelLoadError(f"the anchor built from {str(path / CONFIG_NAME)!r} ({config['anchor'].get('model')}) "
+                             "is not "
                              "the one this model was trained against (anchor_fingerprint differs): its weights changed")
     _check_state(model, state, weights)
     model.load_state_dict(state, strict=False)

@@ -39,7 +39,7 @@ POOLS = ("cls", "mean")
 class TrunkConfig:
     """Size and shape of one trunk. Modalities set ``in_chans`` and ``input_size``."""
 
-    stem: str = "patch"  # patch: one strided Conv2d | conv: 3x3 stride-2 conv stack | windows: IMU | patch3d: Conv3d (vision)
+    stem: str = "patch"  # patch: strided Conv2d | conv: 3x3 stride-2 conv stack | windows: IMU | patch3d: Conv3d
     in_chans: int = 1  # input channels
     input_size: Tuple[int, ...] = (224, 224)  # (H, W); windows: (samples,); patch3d: (frames, H, W)
     patch: Tuple[int, ...] = (16, 16)  # patch (kernel) size, same rank as input_size
@@ -62,7 +62,8 @@ class TrunkConfig:
         for key in ("input_size", "patch", "stride", "stem_channels"):
             setattr(self, key, _positive_ints(getattr(self, key), key))
         for key in ("width", "depth", "heads"):
-            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BinderConfigError(f"trunk {key} must be a positive integer, got {getattr(self, key)!r}")
         if not 0 < self.mlp_ratio <= 64 or not 0 <= self.drop_path < 1 or not 0 <= self.dropout < 1:
             raise BinderConfigError(f"trunk mlp_ratio must be in (0, 64], drop_path and dropout in [0, 1), got "
@@ -236,7 +237,8 @@ class Trunk(nn.Module):
             try:
                 tokens = self.tokenize(torch.zeros(1, *self.input_shape)).shape[1]
             except RuntimeError as err:  # e.g. a conv stem deeper than the input is large
-                raise BinderConfigError(f"the encoder's stem does not fit its input {self.input_shape}: {err}") from None
+                raise BinderConfigError(f"the encoder's stem does not fit its input {self.input_shape}: "
+                                        f"{err}") from None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens + 1, cfg.width))
         self.pre_norm = nn.LayerNorm(cfg.width, eps=1e-6) if cfg.pre_norm else nn.Identity()

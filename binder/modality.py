@@ -23,14 +23,15 @@ import numbers
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol, Tuple, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Optional, Protocol, Tuple, Union
 
 from binder.config import build_dataclass
 from binder.errors import BinderConfigError, BinderInputError
 from binder.extension import missing_members
 from binder.types import ANCHOR_MODALITIES, modality_name
+
+if TYPE_CHECKING:
+    import torch
 
 Ref = Union[str, Callable[..., Any]]
 """A callable, or a ``"module:attribute"`` string imported on first use (keeps imports light)."""
@@ -141,7 +142,8 @@ class ModalitySpec:
         config = self.config_cls
         if not (isinstance(config, type) and dataclasses.is_dataclass(config) and issubclass(config, ModalityConfig)):
             raise BinderInputError(f"modality {name!r}: config_cls must be a dataclass subclassing "
-                                   f"binder.modality.ModalityConfig (which holds preset and temperature), got {config!r}")
+                                   "binder.modality.ModalityConfig (which holds preset and temperature), got "
+                                   f"{config!r}")
         methods = [m for m in missing_members(self.encoder_cls, Encoder) if m not in ("output_dim", "input_ndim")]
         if methods:
             raise BinderInputError(f"modality {name!r}: encoder_cls {self.encoder_cls!r} does not implement "

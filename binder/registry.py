@@ -22,7 +22,7 @@ from binder.modality import ModalityConfig, ModalitySpec, Ref
 from binder.types import ANCHOR_MODALITIES, modality_name
 
 __all__ = ["MODALITIES", "ModalityConfig", "ModalitySpec", "build_config", "check_modality", "config_to_dict",
-           "get_modality", "list_modalities", "register_modality", "resolve_ref"]
+           "get_modality", "list_modalities", "modality_names", "register_modality", "resolve_ref"]
 
 
 def _check_spec(kind: str, name: str, spec: Any) -> None:
@@ -66,6 +66,18 @@ def get_modality(name: str) -> ModalitySpec:
 def list_modalities(pattern: str = "*") -> List[str]:
     """Names of the registered (bound) modalities matching a wildcard ``pattern``."""
     return MODALITIES.list(pattern)
+
+
+def modality_names() -> List[str]:
+    """The registered modalities' names without importing their modules: the built-in package's
+    module names and the ``binder.modalities`` entry points' names (for command-line options)."""
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    package = importlib.import_module("binder.modalities")
+    names = {i.name for i in pkgutil.iter_modules(package.__path__) if not i.name.startswith("_")}
+    names |= {ep.name for ep in entry_points(group=MODALITIES.group)}
+    return sorted(names | set(MODALITIES.registered()))
 
 
 def check_modality(name: Any) -> str:

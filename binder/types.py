@@ -9,9 +9,10 @@ name belongs to whichever module registered it (:mod:`binder.registry`), built-i
 from __future__ import annotations
 
 import re
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from binder.errors import BinderInputError
 
@@ -51,5 +52,5 @@ def modality_name(name: Any) -> str:
     return value
 
 
-TensorDict = Dict[str, torch.Tensor]
+TensorDict = Dict[str, "torch.Tensor"]
 """A batch, model output or loss input keyed by modality name."""

@@ -202,7 +202,8 @@ def _tiny_anchor():
 
 
 def test_models_are_made_and_listed_by_name():
-    assert {"bind", "imagebind_huge"} <= set(binder.list_models()) and binder.list_models("image*") == ["imagebind_huge"]
+    assert {"bind", "imagebind_huge"} <= set(binder.list_models())
+    assert binder.list_models("image*") == ["imagebind_huge"]
     model = binder.create_model("bind", anchor="binder-digits", modalities=["audio"])
     assert model.bound_modalities == ["audio"] and model.anchor.embed_dim == 128
     with pytest.raises(ModelLoadError, match="'bind' names an architecture, not published weights"):
@@ -231,3 +232,108 @@ def test_importing_binder_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": ""}).stdout
     assert out.strip() == "False"
+
+
+# ----- a new index engine is one module registering itself -----------------------------------------
+
+class MemoryEngine:
+    """An engine that keeps everything in a process-wide dict: enough to show that binder.Index
+    builds, writes, opens and searches through the Engine protocol alone."""
+
+    name = "memory"
+    stores: Dict[str, dict] = {}
+
+    def __init__(self, key: str, state: dict, below: int) -> None:
+        self.key, self.state, self.below = key, state, below
+
+    @classmethod
+    def create(cls, folder, target, dim, kind, options):
+        return cls(str(target), {"vectors": {}, "rows": {}}, 0)
+
+    @classmethod
+    def open(cls, folder, manifest, verify=True, wait=0.0):
+        return cls(str(folder), cls.stores[str(folder)], manifest["next_id"])
+
+    def follow(self, manifest):
+        return MemoryEngine(self.key, self.stores[self.key], manifest["next_id"])
+
+    def _live(self):
+        return {i: v for i, v in self.state["vectors"].items() if i < self.below}
+
+    def count(self):
+        return len(self._live())
+
+    def columns(self):
+        return ["path"]
+
+    def rows(self, ids):
+        return {int(i): dict(self.state["rows"][int(i)]) for i in ids if int(i) in self._live()}
+
+    def file_record(self, item_id):
+        return None
+
+    def missing(self, ids):
+        return [int(i) for i in ids if int(i) not in self.state["vectors"]]
+
+    def search(self, queries, k, where=None):
+        import numpy as np
+
+        ids = np.array(sorted(self._live()), dtype=np.int64)
+        sims = queries @ np.stack([self.state["vectors"][i] for i in ids]).T  # (N, M)
+        top = np.argsort(-sims, axis=1)[:, :k]
+        return np.take_along_axis(sims, top, 1).astype(np.float32), ids[top]
+
+    def hits(self, scores, ids):
+        from types import MappingProxyType
+
+        from binder.index.hits import hits_from_rows
+
+        rows = {i: (r["path"], MappingProxyType({})) for i, r in self.rows(ids[ids >= 0].tolist()).items()}
+        return hits_from_rows(scores, ids, rows)
+
+    def writing(self):
+        import contextlib
+
+        return contextlib.nullcontext(self)
+
+    def add(self, ids, vectors, rows, files=None):
+        for i, v, r in zip(ids.tolist(), vectors, rows):
+            self.state["vectors"][i], self.state["rows"][i] = v, dict(r)
+
+    def delete(self, ids):
+        for i in ids:
+            self.state["vectors"].pop(int(i)), self.state["rows"].pop(int(i))
+
+    def finish(self, kind):
+        self.stores[self.key] = self.state
+        return {"engine": self.name, "kind": "exact"}
+
+    def published(self, manifest):
+        return self.follow(manifest)
+
+    def close(self):
+        pass
+
+
+def test_a_new_index_engine_is_one_registration(audio_model, tmp_path):
+    import numpy as np
+
+    from binder.index import ENGINES, EmbedReport, Index, Item
+
+    ENGINES.register("memory", MemoryEngine)
+    try:
+        rng = np.random.default_rng(0)
+        vectors = rng.normal(size=(6, 128)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        items = [Item(f"v{i}") for i in range(6)]
+        index = Index.from_embeddings(audio_model, EmbedReport(items[:4], vectors[:4], []), "image", tmp_path / "m",
+                                      engine="memory")
+        assert len(index) == 4 and index.search_embeddings(vectors[2], k=1)[0][0].path == "v2"
+        index.add_embeddings(EmbedReport(items[4:], vectors[4:], []))
+        assert index.delete([0]) == 1
+        reopened = Index.open(tmp_path / "m")
+        assert len(reopened) == 5 and reopened.get(5).path == "v5"
+        with pytest.raises(BinderInputError, match="does not implement Engine: it lacks"):
+            ENGINES.register("broken", type("Broken", (), {"name": "broken"}))
+    finally:
+        ENGINES.unregister("memory")

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 import binder
-from binder import BinderInputError, BindModel
+from binder import BinderIndexError, BinderInputError, BindModel
 from binder.index import Index
-from binder.index import engine as engine_module
+from binder.index.engines import vectors as engine_module
 
 from helpers import blob_image
 
@@ -84,18 +84,18 @@ def test_build_from_manifest_keeps_metadata_and_searches_exactly(index, model, g
 def test_search_rows_from_memory_equal_the_sqlite_lookup(index, model, gallery, monkeypatch):
     """A read-only generation answers result rows from columns held in memory; the same ids give
     the same (path, metadata) as SQLite, missing ids are left out, and a new generation is read anew."""
-    import binder.index.store as store
+    import binder.index.engines.metadata as store
 
     ids = np.array([39, 3, 3, 12345, -1, 0])
-    cached = index.backend.store.hit_rows(ids)
-    assert index.backend.store._cache is not None and sorted(cached) == [0, 3, 39]
+    cached = index.engine.store.hit_rows(ids)
+    assert index.engine.store._cache is not None and sorted(cached) == [0, 3, 39]
     monkeypatch.setattr(store, "CACHE_ROWS", 0)
     fresh = Index.open(index.path, model)
-    assert fresh.backend.store.hit_rows(ids) == cached and fresh.backend.store._cache is None
+    assert fresh.engine.store.hit_rows(ids) == cached and fresh.engine.store._cache is None
     assert cached[3] == (str(gallery / "cats" / "img03.png"), {"n": 3, "kind": "cats", "weight": 0.3})
     monkeypatch.undo()
     index.delete([3])
-    assert 3 not in index.backend.store.hit_rows(ids) and 3 not in index.search(image=pattern_image(3), k=40).ids
+    assert 3 not in index.engine.store.hit_rows(ids) and 3 not in index.search(image=pattern_image(3), k=40).ids
 
 def _manifest_paths(gallery: Path):
     with open(gallery / "manifest.csv") as f:
@@ -180,19 +180,19 @@ def test_damaged_indexes_are_clear_errors(index, model):
     vec = next(path.glob("vectors-*.faiss"))
     backup = vec.read_bytes()
     vec.write_bytes(backup[: len(backup) // 2])
-    with pytest.raises(BinderInputError, match="damaged or half-written.*bytes, index.json says"):
+    with pytest.raises(BinderIndexError, match="damaged or half-written.*bytes, index.json says"):
         Index.open(path, model)
     vec.write_bytes(bytes(len(backup)))  # right size, wrong content
-    with pytest.raises(BinderInputError, match="does not match its recorded SHA-256"):
+    with pytest.raises(BinderIndexError, match="does not match its recorded SHA-256"):
         Index.open(path, model)
-    with pytest.raises(BinderInputError, match="not a readable FAISS index"):
+    with pytest.raises(BinderIndexError, match="not a readable FAISS index"):
         Index.open(path, model, verify=False)
     vec.write_bytes(backup)
     (path / "index.json").write_text("{not json")
-    with pytest.raises(BinderInputError, match="damaged: not valid JSON"):
+    with pytest.raises(BinderIndexError, match="damaged: not valid JSON"):
         Index.open(path)
     (path / "index.json").unlink()
-    with pytest.raises(BinderInputError, match="not a binder index"):
+    with pytest.raises(BinderIndexError, match="not a binder index"):
         Index.open(path)
     with pytest.raises(BinderInputError, match="does not exist"):
         Index.open(path.parent / "nowhere")
@@ -205,7 +205,7 @@ def test_interrupted_writes_leave_the_index_intact(index, model, gallery, monkey
         Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine_module.FaissEngine, "save", boom)
+    monkeypatch.setattr(engine_module.VectorIndex, "save", boom)
     with pytest.raises(KeyboardInterrupt):
         index.delete([1])
     with pytest.raises(KeyboardInterrupt):  # a rebuild dies half-way: the old index stays
@@ -240,12 +240,12 @@ def test_ivf_above_the_threshold_tuned_updated_and_retrained(model, tmp_path, mo
     monkeypatch.setattr(engine_module, "ANN_FROM", 1000)  # auto -> IVF at this size
     report = _clustered(model, 3000)
     idx = Index.from_embeddings(model, report, "image", tmp_path / "i")
-    engine = idx.backend.engine
+    engine = idx.engine.vectors
     assert idx.manifest["kind"] == "ivf" and engine.index.nlist == 60  # 3000 / 50 training vectors per list
     assert idx.manifest["search_breadth"] == engine.breadth and idx.manifest["ann_recall_at_10"] >= 0.95
     assert _recall(idx, report.vectors[:50], report.vectors) >= 0.95
     idx.delete(list(range(0, 3000, 50)))  # removed from the lists at once
-    assert len(idx.backend.engine) == idx.backend.engine.index.ntotal == 2940 and not len(idx.backend.engine.tombstones)
+    assert len(idx.engine.vectors) == idx.engine.vectors.index.ntotal == 2940 and not len(idx.engine.vectors.tombstones)
     found = np.concatenate([h.ids for h in idx.search_embeddings(report.vectors[:200:10], k=10)])
     assert not set(found) & set(range(0, 3000, 50))
     filtered = idx.search_embeddings(report.vectors[:5], k=10, where={"bucket": 3})
@@ -254,11 +254,11 @@ def test_ivf_above_the_threshold_tuned_updated_and_retrained(model, tmp_path, mo
     assert [list(h.ids) for h in idx.search_embeddings(report.vectors[:5], k=10, where={"bucket": 3})] == \
         [list(h.ids) for h in filtered]
     reopened = Index.open(idx.path, model)
-    assert reopened.backend.engine.breadth == idx.manifest["search_breadth"] and len(reopened) == 2940
+    assert reopened.engine.vectors.breadth == idx.manifest["search_breadth"] and len(reopened) == 2940
     more = _clustered(model, 9000, seed=1)  # four times the size: new lists, tuned again
     reopened.add_embeddings(more)
-    assert reopened.backend.engine.index.nlist == 11940 // 50 and len(reopened) == 11940
-    assert reopened.manifest["search_breadth"] == reopened.backend.engine.breadth
+    assert reopened.engine.vectors.index.nlist == 11940 // 50 and len(reopened) == 11940
+    assert reopened.manifest["search_breadth"] == reopened.engine.vectors.breadth
     assert reopened.search_embeddings(more.vectors[7], k=1)[0].ids[0] == 3000 + 7
 
 
@@ -269,16 +269,16 @@ def test_hnsw_tombstones_filters_and_recall(model, tmp_path):
     assert idx.manifest["search_breadth"] in engine_module.BREADTHS["hnsw"]
     assert _recall(idx, report.vectors[:50], report.vectors) >= 0.9
     idx.delete(list(range(0, 3000, 50)))  # 60 tombstones, 2%: no rebuild yet
-    assert idx.backend.engine.kind == "hnsw" and len(idx.backend.engine.tombstones) == 60
+    assert idx.engine.vectors.kind == "hnsw" and len(idx.engine.vectors.tombstones) == 60
     found = np.concatenate([h.ids for h in idx.search_embeddings(report.vectors[:200:10], k=10)])
     assert not set(found) & set(range(0, 3000, 50))
     filtered = idx.search_embeddings(report.vectors[:5], k=10, where={"bucket": 3})
     assert all(h.metadata["bucket"] == 3 for hs in filtered for h in hs) and all(len(hs) == 10 for hs in filtered)
     reopened = Index.open(idx.path, model)
-    assert len(reopened) == 2940 and len(reopened.backend.engine.tombstones) == 60
+    assert len(reopened) == 2940 and len(reopened.engine.vectors.tombstones) == 60
     # over a tenth: the graph is rebuilt without them
     reopened.delete(sorted(set(range(1, 1000, 3)) - set(range(0, 3000, 50))))
-    assert len(reopened.backend.engine.tombstones) == 0 and reopened.backend.engine.index.ntotal == len(reopened)
+    assert len(reopened.engine.vectors.tombstones) == 0 and reopened.engine.vectors.index.ntotal == len(reopened)
 
 
 def test_search_arguments_are_checked(index):

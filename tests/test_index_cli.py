@@ -67,7 +67,7 @@ def test_search_errors_are_one_line(capsys, model_dir, photos, tmp_path):
     for argv, message in (
         (["search", idx, "--model", model_dir], "give a query"),
         (["search", idx, "--model", model_dir, "--text", "a", "--weights", "1,2"], "2 weight(s)"),
-        (["search", idx, "--model", model_dir, "--text", "a", "--weights", "x"], "comma-separated numbers"),
+        (["search", idx, "--model", model_dir, "--text", "a", "--weights", "x"], "--weights must be numbers like"),
         (["search", idx, "--model", model_dir, "--text", "a", "--where", '{"nope": 1}'], "no metadata column 'nope'"),
         (["search", tmp_path / "missing", "--model", model_dir, "--text", "a"], "does not exist"),
         (["search", idx, "--model", model_dir, "--image", photos / "bad.jpg"], "not a readable image"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from binder import BinderInputError, BindModel
+from binder import BinderIndexError, BinderInputError, BindModel
 from binder.cli import main
 from binder.index import Index
 
@@ -65,7 +65,7 @@ def test_qdrant_updates_reopen_and_model_checks(audio_model, photos, tmp_path):
     assert len(again) == 1
     again.close()
     shutil.rmtree(tmp_path / "q" / "qdrant")
-    with pytest.raises(BinderInputError, match="local qdrant folder is missing"):
+    with pytest.raises(BinderIndexError, match="local qdrant folder is missing"):
         Index.open(tmp_path / "q")
 
 
@@ -80,3 +80,28 @@ def test_qdrant_from_the_command_line(audio_model, photos, tmp_path, capsys):
                  "--where", '{"kind": "odd"}', "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert hits[0]["path"].endswith("q9.png") and {h["metadata"]["kind"] for h in hits} == {"odd"}
+
+
+def test_an_add_is_one_step_for_readers_and_a_killed_one_leaves_nothing_visible(audio_model, photos, tmp_path,
+                                                                               monkeypatch):
+    """Points of an add sit above the published next_id, invisible, until index.json moves it;
+    a write that dies before that leaves them invisible, and the next write removes them."""
+    from binder.index.engines.qdrant import QdrantEngine
+
+    idx = Index.build(audio_model, [photos / f"q{i}.png" for i in range(4)], "image", tmp_path / "q", engine="qdrant",
+                      num_workers=0, progress=False)
+    query = str(photos / "q20.png")
+
+    def dies(self, kind):
+        raise KeyboardInterrupt  # killed after the points were written, before index.json
+
+    monkeypatch.setattr(QdrantEngine, "finish", dies)
+    with pytest.raises(KeyboardInterrupt):
+        idx.add([photos / "q20.png", photos / "q21.png"], num_workers=0, progress=False)
+    monkeypatch.undo()
+    assert len(idx) == 4 and 4 not in idx.search(image=query, k=10).ids  # the orphans are not visible
+    assert idx.engine.client.count(idx.engine.alias, exact=True).count == 6  # ... though they are stored
+    assert idx.add([photos / "q22.png"], num_workers=0, progress=False).ids == [4]
+    assert idx.engine.client.count(idx.engine.alias, exact=True).count == 5  # the next write removed them
+    assert len(idx) == 5 and idx.get(4).path.endswith("q22.png")
+    idx.close()

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import binder
-from binder.errors import BinderInputError, BinderLockError
+from binder.errors import BinderIndexError, BinderInputError, BinderLockError
 from binder.files import exclusive, lock_path
 from binder.index import EmbedReport, Index, Item
-from binder.index import store as store_module
+from binder.index.engines import metadata as store_module
 from binder.cli import main
 
 from helpers import write_blobs
@@ -64,7 +64,7 @@ def finish(procs) -> list:
 def check_whole(path: Path, expected_writers: dict) -> None:
     """The index opens (digests checked), holds the 20 originals and every racer's items, ids unique."""
     index = Index.open(path)
-    rows = index.backend.rows(range(index.manifest["next_id"]))
+    rows = index.engine.rows(range(index.manifest["next_id"]))
     assert len(index) == len(rows) == 20 + sum(expected_writers.values())
     writers = [r["writer"] for r in rows.values()]
     assert writers.count(-1) == 20
@@ -132,7 +132,7 @@ def test_deletes_and_adds_race_without_loss(faiss_index, tmp_path):
     go.touch()
     assert [s for s, _ in finish(procs)] == [0, 0, 0]
     index = Index.open(faiss_index)
-    assert len(index) == 20 - 2 + 4 and not index.backend.rows([3, 4])
+    assert len(index) == 20 - 2 + 4 and not index.engine.rows([3, 4])
 
 
 @pytest.mark.parametrize("engine", ["faiss", "qdrant"])
@@ -148,7 +148,7 @@ def test_a_rebuild_racing_an_add_leaves_a_whole_index(engine, audio_model, tmp_p
     go.touch()
     assert [s for s, _ in finish(procs)] == [0, 0]
     index = Index.open(path)
-    writers = sorted(r["writer"] for r in index.backend.rows(range(index.manifest["next_id"])).values())
+    writers = sorted(r["writer"] for r in index.engine.rows(range(index.manifest["next_id"])).values())
     assert writers in ([7] * 10, [7] * 10 + [8] * 3), writers  # added before the rebuild, or after it
     index.close()
 
@@ -156,7 +156,7 @@ def test_a_rebuild_racing_an_add_leaves_a_whole_index(engine, audio_model, tmp_p
 def test_a_writer_refuses_an_index_rebuilt_with_another_engine(faiss_index, audio_model):
     index = Index.open(faiss_index)
     Index.from_embeddings(audio_model, report(5), "image", faiss_index, engine="qdrant", overwrite=True).close()
-    with pytest.raises(BinderInputError, match="was rebuilt by another process .* nothing was written"):
+    with pytest.raises(BinderIndexError, match="was rebuilt by another process .* nothing was written"):
         index.delete([0])
 
 
@@ -190,7 +190,7 @@ def test_cli_adds_racing_from_the_command_line(audio_model, tmp_path):
     results = finish(procs)
     assert [s for s, _ in results] == [0, 0], results
     index = Index.open(idx)
-    assert len(index) == 6 and sorted(Path(r["path"]).name for r in index.backend.rows(range(6)).values()) == \
+    assert len(index) == 6 and sorted(Path(r["path"]).name for r in index.engine.rows(range(6)).values()) == \
         [f"p{i}.png" for i in range(6)]
 
 
@@ -297,7 +297,7 @@ def test_damaged_generation_field_is_named(faiss_index):
     manifest = json.loads((faiss_index / "index.json").read_text())
     for bad in ("../x", -1, 1.5, None):
         (faiss_index / "index.json").write_text(json.dumps({**manifest, "generation": bad}))
-        with pytest.raises(BinderInputError, match="'generation' must be a whole number >= 0"):
+        with pytest.raises(BinderIndexError, match="'generation' must be a whole number >= 0"):
             Index.open(faiss_index)
 
 
@@ -346,7 +346,7 @@ def test_text_folders_index_their_txt_files(audio_model, tmp_path):
     (notes / "a.txt").write_text("the digit three\n")
     (notes / "sub" / "b.txt").write_text("a photo of a seven")
     index = Index.build(audio_model, notes, "text", tmp_path / "t", num_workers=0, progress=False)
-    rows = index.backend.rows([0, 1])
+    rows = index.engine.rows([0, 1])
     assert sorted(r["path"] for r in rows.values()) == ["a photo of a seven", "the digit three"]
     assert {Path(r["file"]).name for r in rows.values()} == {"a.txt", "b.txt"}
     (tmp_path / "empty").mkdir()

@@ -57,7 +57,7 @@ def client(audio_model, files, tmp_path_factory):
     index = Index.build(audio_model, [files / n for n in names], "image", tmp_path_factory.mktemp("i") / "idx",
                         num_workers=0, progress=False)
     with TestClient(create_app(index)) as c:
-        c.ids = {Path(r["path"]).name: i for i, r in index.backend.rows(range(len(names))).items()}
+        c.ids = {Path(r["path"]).name: i for i, r in index.engine.rows(range(len(names))).items()}
         yield c
 
 

@@ -52,7 +52,8 @@ class PairedDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = build_dataclass(self.Config, options, "data")
         if target not in self.targets:
-            raise BinderConfigError(f"{type(self).__name__} pairs data with {list(self.targets)}, not target={target!r}")
+            raise BinderConfigError(f"{type(self).__name__} pairs data with {list(self.targets)}, "
+                                    f"not target={target!r}")
         self.model, self.anchor, self.target = model, model.anchor, target
         self.modalities = list(modalities)
         self.preprocessors = {m: model.preprocessors[m] for m in self.modalities}

@@ -142,7 +142,8 @@ def evaluate(model: BindModel, datamodule: Any, modality: str, cfg: DictConfig) 
 
 def header(cfg: DictConfig, modalities: List[str], data: str, run_dir: Path) -> None:
     """One line on what the run uses and where it writes."""
-    anchor = cfg.get("init_from") or f"{cfg.anchor.get('model')}" + (f" ({cfg.anchor.pretrained})" if cfg.anchor.get("pretrained") else "")
+    tag = f" ({cfg.anchor.pretrained})" if cfg.anchor.get("pretrained") else ""
+    anchor = cfg.get("init_from") or f"{cfg.anchor.get('model')}{tag}"
     log.info("binder: %s against %s | data: %s | anchor: %s | cache: %s | run: %s", "+".join(modalities), cfg.target,
              data, anchor, cfg.paths.cache, run_dir)
 

@@ -17,15 +17,15 @@ import sqlite3
 import time
 from types import MappingProxyType
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from binder.errors import BinderInputError
+from binder.errors import BinderIndexError, BinderInputError
+from binder.index.engines import Where
 from binder.index.hits import Hit, Hits, hits_from_rows
 from binder.files import FileRecord
 
-Where = Union[None, str, Mapping[str, Any]]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]{0,63}$")
 RESERVED = ("id", "path")
@@ -79,7 +79,7 @@ class MetadataStore:
             self.db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")  # row lookups read mapped pages, not copies
             self.columns = self._columns()
         except sqlite3.DatabaseError as err:
-            raise BinderInputError(f"index metadata {str(self.path)!r} is not a readable SQLite file: {err}") from None
+            raise BinderIndexError(f"index metadata {str(self.path)!r} is not a readable SQLite file: {err}") from None
 
     def _columns(self) -> Dict[str, str]:
         rows = self.db.execute("PRAGMA table_info(items)").fetchall()

@@ -1,4 +1,4 @@
-"""The vector engine of a local index: FAISS (Johnson et al., "Billion-scale similarity search
+"""The vectors of a ``faiss`` index: FAISS (Johnson et al., "Billion-scale similarity search
 with GPUs", 2017), chosen by measurement (``benchmarks/index_engines.py``).
 
 Small collections use exact inner-product search (``IndexFlatIP``). From ``ANN_FROM`` vectors an
@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from binder.errors import BinderInputError
+from binder.errors import BinderIndexError, BinderInputError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def list_count(count: int, sample: int) -> int:
     return max(1, min(ivf_lists(count), sample // IVF_TRAIN_PER_LIST))
 
 
-class FaissEngine:
+class VectorIndex:
     """Unit vectors with int64 ids; inner-product (cosine) search.
 
     Args:
@@ -146,10 +146,10 @@ class FaissEngine:
             return want >= 2 * self.index.nlist or 2 * want <= self.index.nlist  # ~ sqrt: a fourfold size change
         return False
 
-    def rebuilt(self, kind: Optional[str] = None) -> "FaissEngine":
+    def rebuilt(self, kind: Optional[str] = None) -> "VectorIndex":
         """A fresh, untuned engine (of ``kind``, default this one's) holding the live vectors only."""
         live = np.setdiff1d(self.ids(), self.tombstones)
-        fresh = FaissEngine(self.dim, kind or self.kind)
+        fresh = VectorIndex(self.dim, kind or self.kind)
         if fresh.kind == "ivf" and len(live):
             sample = np.random.default_rng(0).choice(live, min(len(live), IVF_TRAIN_PER_LIST * ivf_lists(len(live))),
                                                      replace=False)
@@ -254,13 +254,13 @@ class FaissEngine:
         _faiss().write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: Path, kind: str, dim: int, breadth: Optional[int] = None) -> "FaissEngine":
+    def load(cls, path: Path, kind: str, dim: int, breadth: Optional[int] = None) -> "VectorIndex":
         faiss = _faiss()
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as err:
-            raise BinderInputError(f"index vectors {str(path)!r} are not a readable FAISS index "
+            raise BinderIndexError(f"index vectors {str(path)!r} are not a readable FAISS index "
                                    f"({str(err).strip().splitlines()[-1][:160]})") from None
         if index.d != dim:
-            raise BinderInputError(f"index vectors {str(path)!r} have {index.d} dimensions, index.json says {dim}")
+            raise BinderIndexError(f"index vectors {str(path)!r} have {index.d} dimensions, index.json says {dim}")
         return cls(dim, kind, breadth, index=index)  # read_index gives the concrete class (and owns it)

@@ -7,8 +7,7 @@
     binder eval compare a.json b.json ... [--chart cmp.png]
 
 A thin front end over :func:`binder.evaluate` and :mod:`binder.evaluation.results`: results go to
-stdout as a table, logs and progress to stderr; a user error is one line ``error: ...`` and exit
-status 2.
+stdout as a table, logs and progress to stderr.
 """
 from __future__ import annotations
 
@@ -103,9 +102,11 @@ def add_commands(sub: Any) -> Dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--dataset", help="a registered dataset (see --list)")
     p.add_argument("--root", help="the dataset's folder in its official layout (manifest: the manifest file)")
     p.add_argument("--split", help="the split (default: the dataset's evaluation split)")
-    p.add_argument("--templates", nargs="+", help='prompt templates with {}, e.g. "a sound of {}." (@clip, @sound: sets)')
+    p.add_argument("--templates", nargs="+",
+                   help='prompt templates with {}, e.g. "a sound of {}." (@clip, @sound: sets)')
     p.add_argument("--templates-file", help="prompt templates, one per line")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a protocol option of the dataset (repeatable)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a protocol option of the dataset (repeatable)")
     p.add_argument("--probe", action="store_true", help="few-shot linear probes instead of zero-shot")
     p.add_argument("--shots", type=_ints, default=[1, 2, 4, 8, 16], help="probe shots per class (default 1,2,4,8,16)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="probe seeds (default 0,1,2)")

@@ -1,0 +1,4 @@
+"""``python -m binder.cli``: the ``binder`` command."""
+from binder.cli import main
+
+raise SystemExit(main())

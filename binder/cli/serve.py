@@ -1,0 +1,21 @@
+"""``binder serve IDX --model M``: the search page (:mod:`binder.server`)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Dict
+
+
+def serve(args: argparse.Namespace) -> int:
+    from binder.server import run_server
+
+    run_server(args.index, args.model, host=args.host, port=args.port)
+    return 0
+
+
+def add_commands(sub: Any) -> Dict[str, Callable[[argparse.Namespace], int]]:
+    srv = sub.add_parser("serve", help="a local search page for an index")
+    srv.add_argument("index")
+    srv.add_argument("--model", required=True)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8765)
+    return {"serve": serve}
