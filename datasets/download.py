@@ -32,6 +32,7 @@ import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import sys
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -346,9 +347,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m binder.datase
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         root = download_all(args.root, args.base_url_mnist, args.base_url_fsdd, args.timeout)
-    except (BinderInputError, ConnectionError) as err:
-        log.error("%s", err)
-        return 1
+    except (BinderInputError, OSError) as err:  # one line and exit status 2, like every binder command
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     log.info("data ready: use data.root=%s or BINDER_DATA=%s", root, root)
     return 0
 

@@ -7,29 +7,15 @@ this machine (no FFmpeg shared libraries). The encoder is therefore fed MTEB's b
 (``{"audio": [{"array", "sampling_rate"}]}``) directly for audio."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 
-def _import_mteb():
-    """Import mteb with the repository folder off ``sys.path``: its top-level ``datasets/`` (the
-    sources of ``binder.datasets``) would shadow Hugging Face's ``datasets``, which mteb imports."""
-    repo = Path(__file__).resolve().parent.parent
-    shadow = [p for p in sys.path if Path(p or ".").resolve() == repo]
-    for p in shadow:
-        sys.path.remove(p)
-    try:
-        return pytest.importorskip("mteb", reason="the mteb extra is not installed: pip install 'binder-embed[mteb]'")
-    finally:
-        sys.path[:0] = shadow
-
-
-mteb = _import_mteb()
+# From the repository root (on sys.path under `python -m pytest`) the top-level datasets/ folder
+# steps aside for Hugging Face's `datasets`, which mteb imports (binder.layout): no workaround here.
+mteb = pytest.importorskip("mteb", reason="the mteb extra is not installed: pip install 'binder-embed[mteb]'")
 
 from binder.evaluation.mteb_encoder import BinderEncoder, model_meta  # noqa: E402
 

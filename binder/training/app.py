@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict
@@ -122,7 +123,10 @@ def _hydra_app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``python train.py ...`` / ``binder train ...``: Hydra overrides on the command line."""
+    """``python train.py ...`` / ``binder train ...``: Hydra overrides on the command line. A user
+    error, binder's or Hydra's (an unknown option or key), is one line and exit status 2."""
+    from hydra.errors import HydraException
+
     quiet_third_party()
     try:
         register_configs()
@@ -130,4 +134,32 @@ def main() -> None:
     except BinderError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    _hydra_app()
+    full = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its composition errors here instead of printing them
+    try:
+        _hydra_app()
+    except HydraException as err:
+        if full == "1":  # the user asked for Hydra's own report
+            raise
+        print(f"error: {hydra_message(err)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if full is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full
+
+
+def hydra_message(err: Exception) -> str:
+    """Hydra's error in one line: its first line, the options it lists, the key it names."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    options = [ln for ln in lines[1:] if not ln.startswith(("Available", "Config search path", "provider=",
+                                                              "full_key", "object_type", "reference_type"))]
+    key = next((ln for ln in lines if ln.startswith("full_key:")), "")
+    if any(ln.startswith("Available options") for ln in lines):
+        return f"{lines[0]}; available: {', '.join(options)}"
+    cause = str(err.__cause__ or "").strip().splitlines()
+    detail = f" {cause[0].strip()}" if cause else ""
+    return lines[0] + detail + (f" ({key})" if key and key not in lines[0] else "")
