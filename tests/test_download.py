@@ -214,4 +214,5 @@ def test_cli(server: str, tmp_path: Path) -> None:
     argv = ["--root", str(tmp_path), "--base-url-mnist", f"{server}/mnist/", "--base-url-fsdd", f"{server}/master.zip"]
     assert dl.main(argv) == 0
     assert len(list_recordings(tmp_path / "fsdd")) == 2500
-    assert dl.main(["--root", str(tmp_path / "other"), "--base-url-mnist", f"{server}/bad-mnist/"]) == 2  # one line, status 2
+    bad = ["--root", str(tmp_path / "other"), "--base-url-mnist", f"{server}/bad-mnist/"]
+    assert dl.main(bad) == 2  # a user error: one line, exit status 2
