@@ -7,7 +7,15 @@ cache; LAION CLIP_benchmark JSON, per-item predictions, charts and ``compare``. 
 (records, splits, the registry), ``prompts``, ``metrics``, ``embedding``, ``cache``, ``tasks``,
 ``probe``, ``results``, ``chart``, ``run`` (:func:`evaluate`), ``cli``, ``mteb_encoder``.
 """
-from binder.evaluation.base import DATASETS, DatasetAdapter, ProtocolInfo, Record, Split, list_datasets, register_dataset
+from binder.evaluation.base import (
+    DATASETS,
+    DatasetAdapter,
+    ProtocolInfo,
+    Record,
+    Split,
+    list_datasets,
+    register_dataset,
+)
 from binder.evaluation.metrics import topk_accuracy, topk_from_scores
 from binder.evaluation.prompts import CLIP_TEMPLATES, anchor_class_embeddings, class_embeddings
 from binder.evaluation.results import EvalResult, format_table, read_records, write_json, write_metrics

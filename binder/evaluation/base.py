@@ -144,7 +144,8 @@ def build_adapter(name: str, options: Optional[Dict[str, Any]] = None) -> Any:
     unknown = sorted(set(options) - set(fields))
     if unknown:
         accepted = ", ".join(sorted(fields)) or "none"
-        raise BinderInputError(f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; its options: {accepted}")
+        raise BinderInputError(f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; "
+                               f"its options: {accepted}")
     converted = {k: _convert(v, fields[k], name) for k, v in options.items()}
     return build_dataclass(cls, converted, f"dataset {name!r} options") if fields else cls()
 

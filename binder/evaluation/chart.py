@@ -45,7 +45,8 @@ def plot_result(record: Dict[str, Any], predictions: Sequence[Dict[str, Any]], p
         ax.legend(fontsize=7)
     ax.set_ylim(0, 105)
     ax.set_ylabel("%")
-    ax.set_title(f"{record['dataset']} ({record['binder'].get('split', '')}), n={record['binder'].get('n')}", fontsize=9)
+    info = record["binder"]
+    ax.set_title(f"{record['dataset']} ({info.get('split', '')}), n={info.get('n')}", fontsize=9)
     if shots:
         _plot_shots(axes[0][1], record, shots)
     elif per_class:

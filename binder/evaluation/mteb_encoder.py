@@ -82,7 +82,8 @@ class BinderEncoder(AbsEncoder):
         if modality == "video" and "video" not in self.model.modalities:
             from binder.evaluation.embedding import model_for
 
-            return model_for(self.model, "video").embed(video=items, batch_size=self.batch_size, progress=False)["video"]
+            video = model_for(self.model, "video")
+            return video.embed(video=items, batch_size=self.batch_size, progress=False)["video"]
         return self.model.embed(batch_size=self.batch_size, progress=False, **{modality: items})[modality]
 
     def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None,

@@ -66,14 +66,16 @@ def probe_once(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, tes
 
 
 def few_shot(folds: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], num_classes: int,
-             shots: Sequence[int] = SHOTS, seeds: Sequence[int] = SEEDS, l2: float = 1e-3) -> Tuple[Dict[str, float], Dict[str, Any]]:
+             shots: Sequence[int] = SHOTS, seeds: Sequence[int] = SEEDS,
+             l2: float = 1e-3) -> Tuple[Dict[str, float], Dict[str, Any]]:
     """Few-shot probes over ``folds`` of (train x, train y, test x, test y).
 
     Returns:
         (metrics ``acc1@<k>shot`` and ``acc1@<k>shot_std`` over seeds, details per shot and seed).
     """
     if len(seeds) < 1 or any(s < 1 for s in shots):
-        raise BinderInputError(f"few-shot probes need shots >= 1 and at least one seed, got {list(shots)}, {list(seeds)}")
+        raise BinderInputError(f"few-shot probes need shots >= 1 and at least one seed, got {list(shots)}, "
+                               f"{list(seeds)}")
     metrics: Dict[str, float] = {}
     details: Dict[str, Any] = {"shots": list(shots), "seeds": list(seeds), "l2": l2, "solver": "lbfgs logistic",
                                "per_seed": {}, "classes_short": {}}

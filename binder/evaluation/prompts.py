@@ -97,7 +97,8 @@ def resolve_templates(templates: Optional[Sequence[str]] = None, templates_file:
 
 @torch.no_grad()
 def class_embeddings(encode_text: Callable[[torch.Tensor], torch.Tensor], tokenize: Callable[[List[str]], torch.Tensor],
-                     classnames: Sequence[str], templates: Sequence[str], device: "torch.device | str" = "cpu") -> torch.Tensor:
+                     classnames: Sequence[str], templates: Sequence[str],
+                     device: "torch.device | str" = "cpu") -> torch.Tensor:
     """Prompt-ensembled, L2-normalised class embeddings (C, D): per class, the mean of the
     normalised text embeddings of every template, re-normalised."""
     per_class = []

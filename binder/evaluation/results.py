@@ -115,7 +115,8 @@ def write_predictions(result: EvalResult, path: "str | os.PathLike") -> Path:
 
     table = result.table()
     meta = dict(table.schema.metadata or {})
-    meta[b"binder.eval"] = json.dumps({k: v for k, v in result.record.items() if k != "classnames"}, default=str).encode()
+    record = {k: v for k, v in result.record.items() if k != "classnames"}
+    meta[b"binder.eval"] = json.dumps(record, default=str).encode()
     buffer = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(meta), buffer)
     return atomic_write(path, buffer.getvalue())

@@ -164,7 +164,8 @@ def evaluate(model: Any, dataset: Any, root: "str | Path | None" = None, *, spli
     sp = adapter.read(root_path, split or adapter.default_split)  # the layout is checked before the model loads
     if not sp.records:
         raise BinderInputError(f"{adapter.title} split {sp.split!r} under {str(root)!r} holds no items"
-                               + (f" ({len(sp.skipped)} listed but unusable, e.g. {sp.skipped[0]})" if sp.skipped else ""))
+                               + (f" ({len(sp.skipped)} listed but unusable, e.g. {sp.skipped[0]})"
+                                  if sp.skipped else ""))
     source = str(model) if isinstance(model, (str, Path)) else None
     if source is not None:
         from binder.io import load

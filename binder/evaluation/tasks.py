@@ -110,7 +110,8 @@ def retrieve(model: Any, split: Split, item_emb: np.ndarray, kept: Sequence[int]
     for i, rank in enumerate(out["item_to_text_ranks"]):
         rows.append({"id": ids[i], "direction": f"{split.modality}->text",
                      "true": [captions[t] for t in np.flatnonzero(text_item == i)],
-                     "top5": [captions[j] for j in top_texts[i]], "top5_scores": [float(sim[j, i]) for j in top_texts[i]],
+                     "top5": [captions[j] for j in top_texts[i]],
+                     "top5_scores": [float(sim[j, i]) for j in top_texts[i]],
                      "rank": int(rank), "correct": bool(rank == 0)})
     extra = {"captions": int(len(captions)), "items": int(len(ids)),
              "chance_recall@1": 100.0 / max(1, len(ids))}

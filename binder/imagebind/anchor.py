@@ -119,7 +119,8 @@ class ImageBindAnchor(Anchor):
         if clips.ndim == 5:
             return self.encode_image(clips)
         if clips.ndim != 6:
-            raise BinderInputError(f"ImageBind video input must be (N, clips, 3, T, H, W), got shape {tuple(clips.shape)}")
+            raise BinderInputError(f"ImageBind video input must be (N, clips, 3, T, H, W), got shape "
+                                   f"{tuple(clips.shape)}")
         z = self.encode_image(rearrange(clips, "n k c t h w -> (n k) c t h w"))  # (N * K, D)
         return F.normalize(rearrange(z, "(n k) d -> n k d", n=clips.shape[0]).mean(1), dim=-1)
 

@@ -78,7 +78,8 @@ def load_checkpoint(path: "str | Path", device: "str | torch.device" = "cpu",
     result = model.load_state_dict(mapped, strict=False)
     leftover = [k for k in result.missing_keys if not k.startswith("anchor.")]
     if leftover or result.unexpected_keys:
-        raise ModelLoadError(f"{str(path)!r}: weights not loaded {leftover[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise ModelLoadError(f"{str(path)!r}: weights not loaded {leftover[:5]}, unexpected "
+                             f"{result.unexpected_keys[:5]}")
     log.info("loaded ImageBind from %s: image, text, %s", path, list(configs))
     return model.to(device).eval()
 

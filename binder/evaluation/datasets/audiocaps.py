@@ -54,7 +54,8 @@ class AudioCaps:
         for c in (root / "audio" / split, root / split, root / "audio"):
             if c.is_dir():
                 return c
-        raise BinderInputError(f"{self.title}: no audio folder under {str(root)!r}: looked for audio/{split}/, {split}/ "
+        raise BinderInputError(f"{self.title}: no audio folder under {str(root)!r}: looked for audio/{split}/, "
+                               f"{split}/ "
                                f"and audio/; expected {self.layout}")
 
     def read(self, root: Path, split: str) -> Split:
@@ -82,7 +83,8 @@ class AudioCaps:
             records.append(Record(id=clip_id, source=str(path), captions=[r["caption"] for r in group], path=str(path)))
         protocol = ProtocolInfo(
             name="audiocaps-imagebind", version="1", source=f"{__name__}: ImageBind sec. 4.1; AudioCaps (Kim 2019)",
-            choices={"queries": "every caption is a query; a clip gathers the captions of its (youtube_id, start_time)"},
+            choices={"queries": "every caption is a query; a clip gathers the captions of its "
+                                "(youtube_id, start_time)"},
             published=published("audio_retrieval_recall@1", 9.3, "sec. 4.1 (R@10 42.3)"))
         return Split(self.name, split, self.modality, self.task, records, protocol, skipped=skipped, files=[str(meta)])
 

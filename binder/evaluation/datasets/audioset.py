@@ -51,7 +51,8 @@ def read_index(path: Path, title: str) -> Tuple[List[str], Dict[str, int]]:
         try:
             by_index[int(row["index"])] = (row["mid"], row["display_name"])
         except ValueError:
-            raise BinderInputError(f"{title}: {str(path)!r} row {i + 2}: index {row['index']!r} is not an integer") from None
+            raise BinderInputError(f"{title}: {str(path)!r} row {i + 2}: index {row['index']!r} is not an "
+                                   "integer") from None
     if sorted(by_index) != list(range(len(by_index))):
         raise BinderInputError(f"{title}: {str(path)!r}: indices must run 0..{len(by_index) - 1}")
     names = [by_index[i][1] for i in range(len(by_index))]
@@ -69,7 +70,8 @@ class AudioSet:
     modality: ClassVar[str] = "audio"
     splits: ClassVar[Tuple[str, ...]] = tuple(CSV_NAMES)
     default_split: ClassVar[str] = "eval"
-    layout: ClassVar[str] = ("<root>/eval_segments.csv (# comments; YTID, start_seconds, end_seconds, positive_labels), "
+    layout: ClassVar[str] = ("<root>/eval_segments.csv (# comments; YTID, start_seconds, end_seconds, "
+                             "positive_labels), "
                              "<root>/class_labels_indices.csv (index, mid, display_name) and the audio under "
                              "<root>/audio/[<split>/] named by YouTube id")
     audio_dir: str = ""  # folder of the segments' audio (default: searched as described above)

@@ -146,7 +146,8 @@ class Ego4DIMU:
                                    f"({times[0]:.2f}-{times[-1]:.2f} s)")
         mask = (times >= t - half) & (times < t + half)
         if mask.sum() < self.min_samples:
-            raise BinderInputError(f"the window at {t:.2f} s holds {int(mask.sum())} IMU samples (< {self.min_samples})")
+            raise BinderInputError(f"the window at {t:.2f} s holds {int(mask.sum())} IMU samples "
+                                   f"(< {self.min_samples})")
         window_t = times[mask]
         rate = (len(window_t) - 1) / max(window_t[-1] - window_t[0], 1e-9)
         return values[:, mask], float(rate)

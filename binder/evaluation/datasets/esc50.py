@@ -43,7 +43,8 @@ def classnames_from(rows: List[Dict[str, str]], where: str, title: str) -> List[
         try:
             target = int(row["target"])
         except ValueError:
-            raise BinderInputError(f"{title}: {where} row {i + 2}: target {row['target']!r} is not an integer") from None
+            raise BinderInputError(f"{title}: {where} row {i + 2}: target {row['target']!r} is not an "
+                                   "integer") from None
         name = display(row["category"])
         if names.setdefault(target, name) != name:
             raise BinderInputError(f"{title}: {where}: target {target} is both {names[target]!r} and {name!r}")

@@ -72,7 +72,8 @@ class ClassFolders:
                 if f.is_file() and not f.name.startswith(".") and (not suffixes or f.suffix.lower() in suffixes):
                     records.append(Record(id=str(f.relative_to(base)), source=str(f), label=label, path=str(f)))
         protocol = ProtocolInfo(name="class-folders", version="1", source=__name__,
-                                choices={"classes": "folder names, '_' read as a space", "prompts": "CLIP's 80 templates"})
+                                choices={"classes": "folder names, '_' read as a space",
+                                         "prompts": "CLIP's 80 templates"})
         probe = "train" if split != "train" and (root / "train").is_dir() else None
         return Split(self.name, split, modality, self.task, records, protocol, classnames=[display(c) for c in classes],
                      templates=list(CLIP_TEMPLATES), probe_train=probe)

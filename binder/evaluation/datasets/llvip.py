@@ -26,7 +26,15 @@ from typing import Any, ClassVar, List, Optional, Tuple
 import numpy as np
 
 from binder.errors import BinderInputError, reading
-from binder.evaluation.base import CLASSIFICATION, ProtocolInfo, Record, Split, check_root, check_split, register_dataset
+from binder.evaluation.base import (
+    CLASSIFICATION,
+    ProtocolInfo,
+    Record,
+    Split,
+    check_root,
+    check_split,
+    register_dataset,
+)
 from binder.evaluation.datasets._common import published
 from binder.evaluation.prompts import CLIP_TEMPLATES
 

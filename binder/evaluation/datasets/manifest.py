@@ -65,7 +65,8 @@ class Manifest:
                                        f"{self.caption_column if kind == RETRIEVAL else self.label_column!r}")
             items.setdefault(resolve(r[self.path_column], path), []).append(value)
         protocol = ProtocolInfo(name=f"manifest-{'retrieval' if kind == RETRIEVAL else 'classification'}", version="1",
-                                source=__name__, choices={"columns": {"path": self.path_column, "label": self.label_column,
+                                source=__name__, choices={"columns": {"path": self.path_column,
+                                                                      "label": self.label_column,
                                                                       "caption": self.caption_column}})
         if kind == RETRIEVAL:
             records = [Record(id=f, source=f, captions=[str(c) for c in caps], path=f) for f, caps in items.items()]
@@ -74,10 +75,12 @@ class Manifest:
 
     def _classification(self, path: Path, split: str, modality: str, items: Dict[str, List[Any]],
                         protocol: ProtocolInfo) -> Split:
-        values = {f: sorted({p.strip() for v in vals for p in str(v).split("|") if p.strip()}) for f, vals in items.items()}
+        values = {f: sorted({p.strip() for v in vals for p in str(v).split("|") if p.strip()})
+                  for f, vals in items.items()}
         multi = any(len(v) > 1 for v in values.values())
         given = [c.strip() for c in self.classnames.split(",") if c.strip()]
-        labels = sorted({v for vs in values.values() for v in vs}, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+        labels = sorted({v for vs in values.values() for v in vs},
+                        key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
         if given:
             bad = [v for v in labels if not v.isdigit() or int(v) >= len(given)]
             if bad:
@@ -89,7 +92,8 @@ class Manifest:
         records = []
         for f, vs in values.items():
             idx = [index[v] for v in vs]
-            records.append(Record(id=f, source=f, path=f, label=None if multi else idx[0], labels=idx if multi else None))
+            records.append(Record(id=f, source=f, path=f, label=None if multi else idx[0],
+                                  labels=idx if multi else None))
         return Split(self.name, split, modality, MULTILABEL if multi else CLASSIFICATION, records, protocol,
                      classnames=names, templates=list(CLIP_TEMPLATES), files=[str(path)])
 

@@ -75,7 +75,8 @@ class VGGSound:
             try:
                 start = float(row["start"])
             except ValueError:
-                raise BinderInputError(f"{self.title}: vggsound.csv row {i + 1}: start {row['start']!r} is not a number")
+                raise BinderInputError(f"{self.title}: vggsound.csv row {i + 1}: start {row['start']!r} is not a "
+                                       "number")
             clip_id = f"{row['ytid']}_{int(start):06d}"
             path = find_stem(files, youtube_stems(row["ytid"], start))
             if path is None:
