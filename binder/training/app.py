@@ -104,7 +104,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     except BaseException as err:
         _status(run_dir, "failed", task=cfg.task, error=f"{type(err).__name__}: {err}")
         raise
-    _status(run_dir, "completed", task=cfg.task)
+    extra = {"skipped": metrics["skipped"]} if isinstance(metrics, dict) and metrics.get("skipped") else {}
+    _status(run_dir, "completed", task=cfg.task, **extra)  # unreadable samples or shards, counted
     return metrics
 
 
