@@ -174,7 +174,8 @@ def run(samples: int, seconds: float) -> Dict[str, Any]:
 def table(results: Dict[str, Any]) -> str:
     base = results["formats"]["webdataset"]["read_2_workers"]
     lines = [f"{results['samples']} samples of {results['seconds_per_clip']} s WAV + float16 embedding",
-             "| format | pack samples/s | read, 0 workers | read, 2 workers | vs WebDataset (2 workers) | mid-epoch resume |",
+             "| format | pack samples/s | read, 0 workers | read, 2 workers | vs WebDataset (2 workers) "
+             "| mid-epoch resume |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, r in results["formats"].items():
         lines.append(f"| {name} | {r['pack_samples_per_s']:,.0f} | {r['read_0_workers']:,.0f} | "

@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="imagebind", help="audio encoder preset: imagebind | tiny")
-    parser.add_argument("--anchor", default="ViT-H-14", help="open_clip model (random weights): ViT-H-14, binder-digits")
+    parser.add_argument("--anchor", default="ViT-H-14", help="open_clip model, random weights: ViT-H-14, binder-digits")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=20)

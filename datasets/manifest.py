@@ -200,8 +200,8 @@ class ManifestDataModule(PairedDataModule):
 
     def fingerprint(self) -> Dict[str, Any]:
         """The base fingerprint plus a digest of the rows each modality trains and validates on."""
-        rows = {m: [(r.get("id"), r.get(m), r.get(IMAGE)) for r in self.train_rows.get(m, []) + self.val_rows.get(m, [])]
-                for m in self.modalities}
+        rows = {m: [(r.get("id"), r.get(m), r.get(IMAGE))
+                    for r in self.train_rows.get(m, []) + self.val_rows.get(m, [])] for m in self.modalities}
         return {**super().fingerprint(), "rows": digest(rows)}
 
     def anchor_images(self) -> AnchorImages:
@@ -261,8 +261,8 @@ class ManifestDataModule(PairedDataModule):
         for m in self.modalities:
             pre = self.preprocessors[m]
             raw = m in self.device_features
-            self.train_sets[m] = ManifestPairs(self.train_rows[m], m, pre, train=True, augment=self.augments[m], raw=raw,
-                                               **common)
+            self.train_sets[m] = ManifestPairs(self.train_rows[m], m, pre, train=True, augment=self.augments[m],
+                                               raw=raw, **common)
             self.val_sets[m] = ManifestPairs(self.val_rows[m], m, pre, train=False, raw=raw, **common)
             log.info("manifest %s: %d train / %d val pairs", m, len(self.train_sets[m]), len(self.val_sets[m]))
         if self.skipped:

@@ -304,6 +304,7 @@ class ShardsDataModule(PairedDataModule):
         super().__init__(model, modalities, target, **options)
         self.meta: Dict[str, Any] = {}
         self.loaders: Dict[str, Any] = {}
+        self._resume: Optional[Dict[str, Any]] = None
 
     @classmethod
     def check(cls, options: Dict[str, Any], modalities: Sequence[str], target: str) -> str:
@@ -355,11 +356,36 @@ class ShardsDataModule(PairedDataModule):
 
     def train_dataloader(self) -> CombinedLoader:
         m = self.modalities[0]
-        self.loaders[m] = self._loader(self.train_sets[m])  # stateful: its position is saved in checkpoints
+        self.loaders[m] = self._loader(self.train_sets[m])
+        if self._resume is not None:  # a resumed run reads on from the checkpoint's position
+            self.loaders[m].load_state_dict(self._resume)
+            self._resume = None
         return combine({m: self.loaders[m]})
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The training loader's position (epoch, samples read), saved in every checkpoint. Lightning
+        restores a data module's state before anything sets up the training data, so the loader is
+        made at that position from its first iteration."""
+        loader = self.loaders.get(self.modalities[0])
+        return {"loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._resume = state.get("loader")
+
+    def end_epoch(self) -> None:
+        """A training epoch ended (``BindingModule`` calls it): the loader of a resumed epoch, which
+        Lightning stops at its known length rather than running dry, starts the next epoch afresh
+        instead of replaying the restored position."""
+        loader = self.loaders.get(self.modalities[0])
+        if loader is not None and getattr(loader, "restore", False):
+            loader.restore = False
 
     def val_dataloader(self) -> List[Any]:
         return [self._loader(self.val_sets[m]) for m in self.val_modalities]
+
+    def anchor_images(self) -> Any:
+        raise BinderConfigError("data=shards reads the anchor's embeddings from the shards themselves: pack them "
+                                "with `binder shards pack ... --cache <anchor cache>` and set anchor.cache=null")
 
     def fingerprint(self) -> Dict[str, Any]:
         return {**super().fingerprint(), "shards": {k: self.meta.get(k) for k in ("count", "anchor_cache")}}

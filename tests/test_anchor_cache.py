@@ -50,7 +50,8 @@ def test_the_cache_holds_the_anchors_embeddings(built, compose):
     cache = AnchorCache(built["path"], expect=cache_spec(model.anchor, images, CacheConfig()), verify="full")
     keys = ["0", "7", "4321", "9999"]
     with torch.no_grad():
-        want = model.anchor.encode_image(torch.stack([model.anchor.preprocess_image(images.load(int(k))) for k in keys]))
+        pixels = torch.stack([model.anchor.preprocess_image(images.load(int(k))) for k in keys])
+        want = model.anchor.encode_image(pixels)
     got = torch.stack([cache.get(k) for k in keys])
     assert torch.allclose(got, want, atol=1e-5)
     assert not (built["path"].parent / ".c.parts").exists()  # parts removed once merged
@@ -162,8 +163,8 @@ def test_the_cached_loss_equals_the_anchors(built, compose):
     with torch.no_grad():
         pixels = torch.stack([model.anchor.preprocess_image(images.load(int(k))) for k in keys])
         plain = module.pair_loss("audio", {"audio": audio, "image": pixels}, "val")
-        cached = module.pair_loss("audio", {"audio": audio, "image_embedding": torch.stack([cache.get(k) for k in keys])},
-                                  "val")
+        targets = torch.stack([cache.get(k) for k in keys])
+        cached = module.pair_loss("audio", {"audio": audio, "image_embedding": targets}, "val")
     assert torch.allclose(plain, cached, atol=1e-5)
 
 
@@ -197,3 +198,31 @@ def test_binder_cache_verify(built, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "binder.cli", "cache", "--verify", str(tmp_path / "bad")],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "is corrupt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_augmented_views_differ_and_rebuild_the_same(tmp_path, random_anchor):
+    from PIL import ImageOps
+
+    from binder import BindModel
+
+    model = BindModel(random_anchor, {})
+    rng = np.random.default_rng(1)
+    pictures = [rng.integers(0, 255, (28, 56), dtype=np.uint8) for _ in range(4)]
+
+    def flip_or_not(image):  # a random augmentation drawn from Python's random, seeded per (key, view)
+        import random
+
+        return ImageOps.mirror(image) if random.random() < 0.5 else ImageOps.flip(image)
+
+    images = AnchorImages([f"k{i}" for i in range(4)], pictures.__getitem__, "digest")
+    cfg = CacheConfig(views=3, augment={"_target_": "builtins.print"}, num_workers=0, dtype="float32")
+    spec = cache_spec(random_anchor, images, cfg)
+    build_cache(tmp_path / "a", model, images, cfg, spec, augment=flip_or_not)
+    build_cache(tmp_path / "b", model, images, cfg, spec, augment=flip_or_not)
+    a, b = np.load(tmp_path / "a" / VECTORS_FILE), np.load(tmp_path / "b" / VECTORS_FILE)
+    assert a.shape == (4, 3, random_anchor.embed_dim) and np.array_equal(a, b)  # the same views again
+    assert any(not np.allclose(a[i, 0], a[i, v]) for i in range(4) for v in (1, 2))  # views differ
+    cache = AnchorCache(tmp_path / "a", expect=spec)
+    assert {tuple(cache.get("k0").numpy().round(5)) for _ in range(40)} <= {tuple(a[0, v].round(5)) for v in range(3)}
+    with pytest.raises(Exception, match="views > 1 needs cache.augment"):
+        CacheConfig(views=2)

@@ -121,4 +121,4 @@ def test_two_cpu_processes_train_end_to_end(tiny_anchor, small_data_root, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     assert (run / "model" / "model.safetensors").is_file()
-    assert "2 processes agree on the config and the data" in (run / "train.log").read_text()
+    assert "2 processes agree on the config and the data" in (run / "app.log").read_text()

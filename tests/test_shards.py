@@ -115,6 +115,26 @@ def test_a_damaged_chunk_is_skipped_and_counted(packed, compose, tmp_path):
     assert skipped > 0 and seen + skipped == 24
 
 
+def test_a_run_reports_the_skipped_samples_in_its_status(packed, compose, tiny_anchor, tmp_path):
+    import shutil
+
+    from binder.training import train
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(packed["path"], copy)
+    chunk = sorted(copy.glob("chunk-*.bin"))[-1]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2:] = os.urandom(len(data) - len(data) // 2)
+    chunk.write_bytes(bytes(data))
+    run = tmp_path / "run"
+    metrics = train(compose(["modality=audio", *small_encoder("audio"), "anchor.cache=null", "data=shards",
+                             f"data.path={copy}", "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1",
+                             "eval.zero_shot=false", "callbacks=none", f"run_dir={run}"]))
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "completed" and status["skipped"]["audio"] > 0
+    assert metrics["skipped"] == status["skipped"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -181,7 +201,7 @@ def _train_cmd(shards: Path, run: Path, ids: Path) -> list:
             f"data.path={shards}", "data.batch_size=4", "data.num_workers=2", "trainer.max_epochs=2",
             "trainer.check_val_every_n_epoch=10", "eval.zero_shot=false", "callbacks.checkpoint.every_n_steps=1",
             "+callbacks.ids._target_=idlog.IdLog", f"+callbacks.ids.path={ids}", f"hydra.run.dir={run}",
-            "trainer.deterministic=true", "trainer.log_every_n_steps=1"]
+            "+trainer.deterministic=true", "trainer.log_every_n_steps=1"]
 
 
 @pytest.mark.slow
@@ -195,18 +215,12 @@ def test_a_killed_run_resumes_without_repeating_or_skipping_a_sample(packed, tin
     assert len(expected) == 12  # 2 epochs x 6 steps
 
     killed_ids, killed = tmp_path / "killed.jsonl", tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(packed["path"], killed, killed_ids), cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:  # kill it in the middle of the first epoch, after its 3rd step
-        if killed_ids.is_file() and len(killed_ids.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.run(_train_cmd(packed["path"], killed, killed_ids) + ["+callbacks.ids.kill_at=3"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)  # SIGKILLed after step 3
+    assert proc.returncode == -signal.SIGKILL
     before = [json.loads(line) for line in killed_ids.read_text().splitlines()]
     ckpt_step = _checkpoint_step(killed / "checkpoints" / "last.ckpt")
-    assert 1 <= ckpt_step < 6
+    assert ckpt_step == 3 and len(before) == 3  # in the middle of the first epoch of 6 steps
     resumed = subprocess.run(_train_cmd(packed["path"], killed, killed_ids) + ["resume=true"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

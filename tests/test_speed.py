@@ -127,7 +127,8 @@ def test_device_features_equal_the_loaders(rate):
     loader = torch.stack([pre((w, rate)) for w in recordings])  # (B, 3, 1, mel, frames)
     raws = [pre.raw((w, rate)) for w in recordings]
     longest = max(r["wave"].shape[-1] for r in raws)
-    batch = {"wave": torch.stack([torch.nn.functional.pad(r["wave"], (0, longest - r["wave"].shape[-1])) for r in raws]),
+    waves = [torch.nn.functional.pad(r["wave"], (0, longest - r["wave"].shape[-1])) for r in raws]
+    batch = {"wave": torch.stack(waves),
              "rate": torch.tensor([r["rate"] for r in raws]), "length": torch.stack([r["length"] for r in raws])}
     device = pre.features(batch)
     assert device.shape == loader.shape

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -25,6 +26,9 @@ GROUPS = ("binder.cli.train", "binder.cli.index", "binder.cli.search", "binder.c
           "binder.cli.cache", "binder.cli.shards")
 PASSTHROUGH = {"train": "binder.cli.train", "download": "binder.cli.train", "cache": "binder.cli.cache"}
 """Commands whose arguments are all theirs (Hydra, the downloader), and the module that runs them."""
+RELAUNCH = "BINDER_COMMAND"
+"""Set by ``binder train``/``binder cache`` for the processes Lightning starts again with the same
+arguments minus the command (multi-process strategies): they run that command."""
 
 EXAMPLES = """examples:
   binder train modality=audio                      train an audio encoder on the offline digits world
@@ -79,6 +83,9 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``binder`` console script; returns the exit status."""
     argv: List[str] = list(sys.argv[1:] if argv is None else argv)
+    again = os.environ.get(RELAUNCH)
+    if again in PASSTHROUGH and (not argv or argv[0] not in PASSTHROUGH) and "=" in (argv[0] if argv else "="):
+        argv = [again, *argv]  # a process Lightning launched again with the overrides only (trainer=ddp)
     if argv and argv[0] in PASSTHROUGH:
         return importlib.import_module(PASSTHROUGH[argv[0]]).passthrough(argv[0], argv[1:])
     parser, handlers = build_parser()

@@ -9,6 +9,7 @@ every checksum of an existing cache.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, Dict, List
 
@@ -21,7 +22,10 @@ def passthrough(command: str, rest: List[str]) -> int:
         return verify(rest[1:])
     from binder.training import main
 
-    sys.argv = ["binder cache", f"task={TASK}", *rest]
+    from binder.cli import RELAUNCH
+
+    os.environ[RELAUNCH] = "cache"
+    sys.argv = [sys.argv[0], *([] if f"task={TASK}" in rest else [f"task={TASK}"]), *rest]
     main()
     return 0
 

@@ -78,7 +78,19 @@ def _register_resolvers() -> None:
                                     replace=True)
 
 
+def _rank_zero() -> bool:
+    """Whether this is the first process of the run (torchrun, SLURM or Lightning's own launch)."""
+    import os
+
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key) is not None:
+            return os.environ[key] == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
 def _status(run_dir: Path, status: str, **extra: Any) -> None:
+    if not _rank_zero():  # one status per run, written by the first process
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": status, "time": dt.datetime.now().isoformat(timespec="seconds"), **extra}
     atomic_write(run_dir / STATUS_FILE, json.dumps(record, indent=2))

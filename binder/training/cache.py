@@ -264,7 +264,8 @@ class AnchorCache:
             vectors = np.load(self.path / VECTORS_FILE, mmap_mode="r")
             keys = np.load(self.path / KEYS_FILE, mmap_mode="r")
         except (OSError, ValueError) as err:
-            raise BinderInputError(f"anchor cache {str(self.path)!r} is partial or corrupt ({err}): {REBUILD}") from None
+            raise BinderInputError(f"anchor cache {str(self.path)!r} is partial or corrupt ({err}): "
+                                   f"{REBUILD}") from None
         want = (m["count"], m["views"], m["dim"])
         if vectors.shape != want or keys.shape != (m["count"],) or vectors.dtype.itemsize != itemsize:
             raise BinderInputError(f"anchor cache {str(self.path)!r} is partial or corrupt: vectors {vectors.shape}, "
@@ -280,7 +281,8 @@ class AnchorCache:
         else:
             sample = random.Random(0).sample(range(len(stored)), min(len(stored), 8 if mode == "auto" else 0))
             chunks = sorted({0, len(stored) - 1, *sample})
-        if -(-size // CHUNK) != len(stored) or _checksums(self.path / VECTORS_FILE, chunks) != [stored[i] for i in chunks]:
+        have = _checksums(self.path / VECTORS_FILE, chunks) if -(-size // CHUNK) == len(stored) else None
+        if have != [stored[i] for i in chunks]:
             raise BinderInputError(f"anchor cache {str(self.path)!r} is corrupt: its vectors do not match the "
                                    f"checksums in {CACHE_FILE}: {REBUILD}")
 
@@ -346,7 +348,8 @@ def _read_meta(path: Path) -> Dict[str, Any]:
                                f"{[k for k in needed if k not in (meta if isinstance(meta, dict) else {})]}: {REBUILD}")
     if meta["format"] != FORMAT or meta["state"] != "complete":
         raise BinderInputError(f"anchor cache {str(path)!r} is partial or of another format (format "
-                               f"{meta['format']}, state {meta['state']!r}; this binder reads format {FORMAT}): {REBUILD}")
+                               f"{meta['format']}, state {meta['state']!r}; this binder reads format {FORMAT}): "
+                               f"{REBUILD}")
     return meta
 
 
@@ -466,7 +469,12 @@ def open_cache(cfg: Any, model: Any, datamodule: Any) -> Optional[AnchorCache]:
         log.info("anchor.cache holds image embeddings: not used with target=%s", cfg.target)
         return None
     settings = cache_settings(cfg)
-    images = datamodule.anchor_images()
+    try:
+        images = datamodule.anchor_images()
+    except BinderConfigError:
+        if str(setting) != "auto":
+            raise
+        return None  # auto: data without its own images to cache (shards carry theirs)
     spec = cache_spec(model.anchor, images, settings)
     path = make_cache(cfg, model, images, spec, settings)
     if path is None:

@@ -81,6 +81,11 @@ class BindingModule(L.LightningModule):
             self.log("train/skipped", float(sum(self.skipped.values())), batch_size=1, reduce_fx="max")
         return modality in sub
 
+    def on_train_epoch_end(self) -> None:
+        end = getattr(self.trainer.datamodule, "end_epoch", None)  # stateful loaders (shards) move on
+        if callable(end):
+            end()
+
     def on_train_end(self) -> None:
         """Sum the unreadable samples of every process into :attr:`skipped` (what the run reports)."""
         import torch.distributed as dist

@@ -31,20 +31,22 @@ AUDIO_FEATURES = ("auto", "loader", "device")
 class SpeedConfig:
     """Speed switches of a training run (the schema of the ``speed`` node)."""
 
-    precision: str = AUTO  # auto: bf16-mixed on a GPU with bf16 (16-mixed on older GPUs), 32-true on a CPU; or a Lightning precision
+    precision: str = AUTO  # auto: bf16-mixed on a GPU (16-mixed before bf16), 32-true on a CPU; or Lightning's
     attention: str = "sdpa"  # sdpa: torch's fused attention (flash kernels on a GPU) | math: the explicit reference
     compile: bool = False  # torch.compile each bound encoder (pays on long GPU runs; a minute or more of warm-up)
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
-    fused_adamw: str = AUTO  # auto: fused AdamW kernels on a GPU, the foreach path on a CPU | true | false
+    fused_adamw: str = AUTO  # auto: fused AdamW kernels on a GPU, the foreach path on a CPU | true|false
     pin_memory: str = AUTO  # auto: page-locked loader batches when training on a GPU | true | false
-    audio_features: str = AUTO  # auto: device on a GPU, loader on a CPU | loader: log-mel in the loader workers | device: waveforms to the accelerator, resample + fbank there, batched
-    matmul_precision: str = "high"  # torch.set_float32_matmul_precision (TF32 matmuls on a GPU): highest | high | medium
+    audio_features: str = AUTO  # auto: device on a GPU, loader on a CPU | loader: log-mel in the workers | device:
+    # raw clips to the accelerator, resampled and turned into filterbanks there, batched
+    matmul_precision: str = "high"  # torch.set_float32_matmul_precision (TF32 on a GPU): highest|high|medium
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION:
             raise BinderConfigError(f"speed.attention must be one of {ATTENTION}, got {self.attention!r}")
         if self.audio_features not in AUDIO_FEATURES:
-            raise BinderConfigError(f"speed.audio_features must be one of {AUDIO_FEATURES}, got {self.audio_features!r}")
+            raise BinderConfigError(f"speed.audio_features must be one of {AUDIO_FEATURES}, got "
+                                    f"{self.audio_features!r}")
         for key in ("fused_adamw", "pin_memory"):
             value = str(getattr(self, key)).lower()
             if value not in ("auto", "true", "false"):
