@@ -4,7 +4,8 @@ The same global batch (``--batch`` pairs) trains a bound audio encoder with bind
 (encoder, all-gathered symmetric InfoNCE, backward, gradients averaged as DDP does, AdamW) either
 in one process, or split over two gloo processes of ``--batch / 2`` pairs each, starting from the
 same weights. It prints samples/s of both and the largest difference of the loss over the steps
-(the all-gather makes the two-process loss the one-process loss of the global batch).
+(the all-gather makes the two-process loss the one-process loss of the global batch; drop path
+is off, so that no per-process randomness tells them apart).
 
     python benchmarks/ddp_cpu.py --batch 64 --steps 20 --preset tiny
 """
@@ -31,8 +32,8 @@ def _module(preset: str, threads: int) -> Any:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    module = BindingModule(BindModel(OpenClipAnchor(model="binder-digits"), {"audio": {"preset": preset}}),
-                           OptimConfig())
+    encoder = {"preset": preset, "encoder": {"drop_path": 0.0}}  # no per-process randomness: the losses can match
+    module = BindingModule(BindModel(OpenClipAnchor(model="binder-digits"), {"audio": encoder}), OptimConfig())
     module.log = lambda *a, **k: None
     return module
 

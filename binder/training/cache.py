@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,7 @@ def digest(value: Any) -> str:
 def cache_spec(anchor: Any, images: AnchorImages, cfg: CacheConfig) -> Dict[str, Any]:
     """The fingerprint of what a cache holds: anchor weights, image transform, views, data."""
     transform = {"image_config": dataclasses.asdict(anchor.image_config()),
-                 "preprocess": repr(getattr(anchor, "preprocess", None)),
+                 "preprocess": re.sub(r" at 0x[0-9a-fA-F]+", "", repr(getattr(anchor, "preprocess", None))),
                  "views": cfg.views, "augment": cfg.augment if cfg.views > 1 else None}
     return {"anchor": anchor.fingerprint(), "transform": digest(transform), "data": images.fingerprint,
             "views": cfg.views}
@@ -372,8 +373,6 @@ class CachedImages:
     """Stands where a split's preprocessed images stood: ``rows[j]`` is the cached embedding of
     image ``keys[j]`` (a random view), under the batch key :data:`IMAGE_EMBEDDING`."""
 
-    name = IMAGE_EMBEDDING
-
     def __init__(self, cache: AnchorCache, keys: Sequence[str]) -> None:
         self.cache, self.keys = cache, list(keys)
 
@@ -394,7 +393,7 @@ def image_target(cache: Optional[AnchorCache], anchor: Any, key: str, image: Any
 
 def target_key(images: Any) -> str:
     """The batch key of what a split's ``images`` hold (:data:`IMAGE_EMBEDDING` when cached)."""
-    return getattr(images, "name", IMAGE)
+    return IMAGE_EMBEDDING if isinstance(images, CachedImages) else IMAGE
 
 
 # ----------------------------------------------------------------------------------------------
