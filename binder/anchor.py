@@ -171,6 +171,7 @@ class OpenClipAnchorConfig:
     cache_dir: Optional[str] = None  # where open_clip caches downloaded weights
     precision: str = "fp32"  # open_clip precision string for the frozen towers
     build: Optional[Any] = None  # a recipe (with _target_) that trains the anchor when `pretrained` is missing
+    cache: Optional[str] = None  # the paired images' embeddings: a cache folder, auto (built when it pays) or null
 
 
 SCHEMAS.register("anchor/open_clip", OpenClipAnchorConfig)

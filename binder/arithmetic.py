@@ -159,17 +159,23 @@ def calibrate_from_datamodule(model: Any, datamodule: Any, limit: int = 1024) ->
         datamodule: A set-up :class:`~binder.data.PairedDataModule`.
         limit: At most this many pairs per modality.
     """
-    from binder.types import IMAGE, TEXT
+    from binder.types import IMAGE, IMAGE_EMBEDDING, TEXT
 
     gallery, queries = [], {}
     loaders = datamodule.val_dataloader()
     for modality, loader in zip(datamodule.val_modalities, loaders if isinstance(loaders, list) else [loaders]):
         parts, seen = [], 0
         for batch in loader:
-            if IMAGE not in batch or seen >= limit:
+            if batch is None or modality not in batch:
+                continue
+            if (IMAGE not in batch and IMAGE_EMBEDDING not in batch) or seen >= limit:
                 break
-            parts.append(model.encode(modality, batch[modality].to(model.device)).float().cpu())
-            gallery.append(model.encode(IMAGE, batch[IMAGE].to(model.device)).float().cpu())
+            x = batch[modality]
+            if isinstance(x, dict):  # raw clips whose features are computed on the device
+                x = model.preprocessors[modality].features({k: v.to(model.device) for k, v in x.items()})
+            parts.append(model.encode(modality, x.to(model.device)).float().cpu())
+            gallery.append(batch[IMAGE_EMBEDDING].float() if IMAGE_EMBEDDING in batch else  # an anchor cache's
+                           model.encode(IMAGE, batch[IMAGE].to(model.device)).float().cpu())
             seen += len(parts[-1])
         if parts:
             queries[modality] = torch.cat(parts)

@@ -124,7 +124,7 @@ def _refuse(modality: str, position: int, err: BaseException) -> BinderInputErro
 @torch.no_grad()
 def embed_inputs(model: Any, modality: str, inputs: Sequence[Any], *, batch_size: int = 32, num_workers: int = 0,
                  sample_rate: Optional[float] = None, on_error: str = "raise", load: Optional[Callable] = None,
-                 record_files: bool = False, progress: bool = True) -> Embedded:
+                 record_files: bool = False, progress: bool = True, autocast: Optional[torch.dtype] = None) -> Embedded:
     """The one embedding loop of binder: ``model.embed``, index building and evaluation all run it.
 
     Inputs are read and preprocessed in DataLoader workers (``num_workers``; 0: in this process),
@@ -142,6 +142,8 @@ def embed_inputs(model: Any, modality: str, inputs: Sequence[Any], *, batch_size
         load: Turns an input into the raw input (e.g. an evaluation record into its file's contents).
         record_files: Record each path input's :class:`~binder.files.FileRecord` before reading it.
         progress: A progress bar on a terminal.
+        autocast: Run the encoders under ``torch.autocast`` in this dtype (bf16/fp16 on a GPU);
+            vectors still leave as float32 unit vectors.
     """
     if on_error not in ON_ERROR:
         raise BinderInputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -154,12 +156,13 @@ def embed_inputs(model: Any, modality: str, inputs: Sequence[Any], *, batch_size
     prepare = (lambda item: pre(load(item), sample_rate=sample_rate)) if load else \
         (lambda item: pre(item, sample_rate=sample_rate))
     loader = DataLoader(_Prepared(list(inputs), prepare, record_files), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate, worker_init_fn=_worker_init if num_workers else None)
+                        collate_fn=_collate, worker_init_fn=_worker_init if num_workers else None,
+                        pin_memory=model.device.type == "cuda")
     out = Embedded(np.zeros((0, model.anchor.embed_dim), dtype=np.float32), [], [], [])
     was_training = model.training
     model.eval()
     try:
-        parts = _run(model, modality, loader, on_error, progress, out)
+        parts = _run(model, modality, loader, on_error, progress, out, autocast)
     finally:
         model.train(was_training)
     if parts:
@@ -167,8 +170,13 @@ def embed_inputs(model: Any, modality: str, inputs: Sequence[Any], *, batch_size
     return out
 
 
-def _run(model: Any, modality: str, loader: DataLoader, on_error: str, progress: bool, out: Embedded) -> list:
+def _run(model: Any, modality: str, loader: DataLoader, on_error: str, progress: bool, out: Embedded,
+         autocast: Optional[torch.dtype] = None) -> list:
     """Embed the loader's batches into ``out`` -> the (b, D) vector blocks."""
+    import contextlib
+
+    device = model.device
+    amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     parts = []
     for idx, x, bad, files in progress_bar(loader, f"embed {modality}", enabled=progress, unit="batch"):
         if bad and on_error == "raise":
@@ -176,7 +184,10 @@ def _run(model: Any, modality: str, loader: DataLoader, on_error: str, progress:
         out.skipped += [(i, _reason(err)) for i, err in bad]
         if x is None:
             continue
-        z = model.encode(modality, x.to(model.device)).float().cpu()  # (b, D)
+        with amp:
+            z = model.encode(modality, x.to(device, non_blocking=True))
+        z = z.float() if autocast is None else torch.nn.functional.normalize(z.float(), dim=-1)  # unit in float32
+        z = z.cpu()  # (b, D)
         finite = torch.isfinite(z).all(-1).tolist()
         if on_error == "raise" and not all(finite):
             raise BinderInputError(f"{modality} input(s) {[i for i, ok in zip(idx, finite) if not ok][:5]} give "

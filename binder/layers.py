@@ -136,8 +136,13 @@ class Attention(nn.Module):
 
     The parameters are those of :class:`torch.nn.MultiheadAttention` (``in_proj`` -> ``qkv``,
     ``out_proj`` -> ``proj``, ``bias_k``, ``bias_v``); the extra key/value is appended after the
-    projection, as ``add_bias_kv=True`` does there. Runs on ``scaled_dot_product_attention``.
+    projection, as ``add_bias_kv=True`` does there. Runs on ``scaled_dot_product_attention``
+    (``impl="sdpa"``: flash or memory-efficient kernels on a GPU, fused on a CPU) or, as the
+    reference it is tested against, the explicit ``softmax(q k^T / sqrt(e)) v`` (``impl="math"``);
+    :func:`set_attention` switches every attention of a model.
     """
+
+    impl: str = "sdpa"
 
     def __init__(self, dim: int, heads: int, bias_kv: bool = False) -> None:
         super().__init__()
@@ -156,8 +161,34 @@ class Attention(nn.Module):
             k = torch.cat([k, self.bias_k.expand(x.shape[0], -1, -1)], dim=1)  # (N, L + 1, D)
             v = torch.cat([v, self.bias_v.expand(x.shape[0], -1, -1)], dim=1)
         q, k, v = (rearrange(t, "n l (h e) -> n h l e", h=self.heads) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (N, H, L, E)
+        if self.impl == "math":
+            out = math_attention(q, k, v, causal)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (N, H, L, E)
         return self.proj(rearrange(out, "n h l e -> n l (h e)"))
+
+
+ATTENTION = ("sdpa", "math")
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(E)) v on (N, H, L, E) queries and (N, H, S, E) keys/values -> (N, H, L, E);
+    ``causal`` masks keys after each query's position (aligned at the start, as SDPA's is_causal)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (N, H, L, S)
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def set_attention(module: nn.Module, impl: str) -> int:
+    """Make every :class:`Attention` in ``module`` use ``impl`` (sdpa | math); returns how many."""
+    if impl not in ATTENTION:
+        raise BinderConfigError(f"attention must be one of {ATTENTION}, got {impl!r}")
+    found = [m for m in module.modules() if isinstance(m, Attention)]
+    for m in found:
+        m.impl = impl
+    return len(found)
 
 
 class Block(nn.Module):

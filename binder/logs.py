@@ -46,7 +46,8 @@ def quiet_third_party() -> None:
     for pattern in (r".*module\(s\) in eval mode.*",  # the frozen anchor is in eval mode on purpose
                     r".*does not have many workers.*", r".*LeafSpec.*", r".*treespec.*",
                     r".*Checkpoint directory .* exists and is not empty.*",
-                    r".*The number of training batches .* is smaller than the logging interval.*"):
+                    r".*The number of training batches .* is smaller than the logging interval.*",
+                    r".*overridden `on_after_batch_transfer` in `LightningModule`.*"):  # binder's device features
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="timm")

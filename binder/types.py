@@ -19,6 +19,9 @@ from binder.errors import BinderInputError
 IMAGE, TEXT = "image", "text"
 ANCHOR_MODALITIES = (IMAGE, TEXT)
 """Modalities encoded by the frozen anchor rather than a trained encoder."""
+IMAGE_EMBEDDING = "image_embedding"
+"""Batch key of a pair's anchor embedding of its image, read from an anchor cache instead of
+running the anchor (``binder.training.cache``)."""
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 """What a modality name looks like: lower-case letters, digits and underscores."""

@@ -8,6 +8,7 @@ images with captions from many templates) lives here too.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from binder.config import SCHEMAS, build_dataclass
+from binder.training.cache import AnchorImages, CachedImages, target_key
 from binder.training.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.logs import progress
@@ -175,7 +177,7 @@ class PairedDigits(Dataset):
         label = int(self.labels[i])
         item = {self.modality: x, "label": label}
         if self.target == "image":
-            item[IMAGE] = self.images[j]
+            item[target_key(self.images)] = self.images[j]  # the image, or its cached embedding
         elif self.target == "text":
             item[TEXT] = self.captions[j, label]
         return item
@@ -230,14 +232,27 @@ class DigitsDataModule(PairedDataModule):
             return
         self.world = DigitsWorld(self.cfg)
         captions = tokenize_prompts(self.anchor.tokenize, CLASSNAMES, TEMPLATES) if self.target == TEXT else None
-        images = {split: preprocess_images(self.world, self.world.image_indices(split), self.anchor.preprocess_image)
-                  for split in ("train", "test")} if self.target == IMAGE else {}
+        images = {split: self._images(split) for split in ("train", "test")} if self.target == IMAGE else {}
         for m in self.modalities:
             for split in ("train", "test"):
                 make = self._recorded_split if digits_source(m).recordings else self._rendered_split
                 ds = make(m, split, images.get(split), captions)
                 (self.train_sets if split == "train" else self.val_sets)[m] = ds
             log.info("digits %s: %d train / %d test pairs", m, len(self.train_sets[m]), len(self.val_sets[m]))
+
+    def _images(self, split: str) -> Any:
+        """The split's images through the anchor's transform, or their cached embeddings."""
+        idx = self.world.image_indices(split)
+        if self.target_cache is not None:
+            return CachedImages(self.target_cache, [str(i) for i in idx])
+        return preprocess_images(self.world, idx, self.anchor.preprocess_image)
+
+    def anchor_images(self) -> AnchorImages:
+        """Every MNIST instance of the split file, keyed by its index (the anchor cache's images)."""
+        world = self.world or DigitsWorld(self.cfg)
+        data = hashlib.sha256(f"{self.cfg.mnist_split}:{world.images.shape}".encode())
+        data.update(np.ascontiguousarray(world.images).tobytes())
+        return AnchorImages([str(i) for i in range(len(world.images))], world.pil, data.hexdigest())
 
     def _recorded_split(self, modality: str, split: str, images: Optional[torch.Tensor],
                         captions: Optional[torch.Tensor]) -> Dataset:
@@ -270,11 +285,13 @@ class DigitsDataModule(PairedDataModule):
 
     def train_dataloader(self) -> CombinedLoader:
         return combine({m: DataLoader(self.train_sets[m], batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-                                      num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+                                      num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
+                                      persistent_workers=self.cfg.num_workers > 0)
                         for m in self.modalities})
 
     def val_dataloader(self) -> List[DataLoader]:
-        return [DataLoader(self.val_sets[m], batch_size=self.cfg.batch_size * 2, num_workers=self.cfg.num_workers)
+        return [DataLoader(self.val_sets[m], batch_size=self.cfg.batch_size * 2, num_workers=self.cfg.num_workers,
+                           pin_memory=self.pin_memory)
                 for m in self.val_modalities]
 
     def zero_shot_set(self, modality: str) -> tuple:

@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from binder.errors import BinderInputError
-from binder.types import IMAGE, TEXT
+from binder.training.cache import target_key
+from binder.types import TEXT
 
 
 def item_rng(seed: int, index: int) -> np.random.Generator:
@@ -78,7 +79,7 @@ class InstancePairs(Dataset):
         label = int(self.labels[j])
         item: Dict[Any, Any] = {self.modality: x, "label": label}
         if self.target == "image":
-            item[IMAGE] = self.images[j]
+            item[target_key(self.images)] = self.images[j]  # the image, or its cached embedding
         elif self.target == "text":
             t = random.randrange(self.captions.shape[0]) if self.fixed is None else i % self.captions.shape[0]
             item[TEXT] = self.captions[t, label]

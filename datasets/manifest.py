@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from binder.config import SCHEMAS, build_dataclass
 from binder.manifests import read_rows, require, resolve
-from binder.training.data import PairedDataModule, combine
+from binder.training.cache import AnchorImages, digest, image_target
+from binder.training.data import PairedDataModule, combine, pad_raw
 from binder.errors import BinderConfigError, BinderInputError
 from binder.logs import progress
 from binder.types import IMAGE, TEXT
@@ -80,8 +81,10 @@ class ManifestPairs(Dataset):
     def __init__(self, rows: List[Dict[str, Any]], modality: str, preprocessor: Callable, anchor: Any,
                  target: str, train: bool, augment: Optional[Callable] = None,
                  label_index: Optional[Dict[str, int]] = None, templates: Optional[List[str]] = None,
-                 classnames: Optional[List[str]] = None) -> None:
+                 classnames: Optional[List[str]] = None, cache: Any = None, raw: bool = False) -> None:
         self.rows, self.modality, self.preprocessor, self.anchor = rows, modality, preprocessor, anchor
+        self.cache = cache  # an AnchorCache: the image side is its embedding of the row's image
+        self.raw = raw  # X as the preprocessor's raw clips (features computed on the device)
         self.target, self.train, self.augment = target, train, augment
         self.label_index, self.templates, self.classnames = label_index or {}, templates or [], classnames or []
         self.failures: Counter = Counter()
@@ -92,14 +95,18 @@ class ManifestPairs(Dataset):
     def __getitem__(self, i: int) -> Optional[Dict[str, Any]]:
         row = self.rows[i]
         try:
-            x = self.preprocessor(row[self.modality], train=self.train)  # (K, ...)
-            if self.augment is not None:
+            if self.raw:  # resampling, features and augmentation run batched on the device
+                x = self.preprocessor.raw(row[self.modality], train=self.train)
+            else:
+                x = self.preprocessor(row[self.modality], train=self.train)  # (K, ...)
+            if self.augment is not None and not self.raw:
                 x = self.augment(x[0].clone())[None]
             item: Dict[Any, Any] = {self.modality: x}
             if row.get("label") not in (None, ""):
                 item["label"] = self.label_index[str(row["label"])]
             if self.target == IMAGE:
-                item[IMAGE] = self.anchor.preprocess_image(row[IMAGE])
+                key, value = image_target(self.cache, self.anchor, row[IMAGE], row[IMAGE])
+                item[key] = value
             elif self.target == TEXT:
                 caption = random.choice(self.templates).format(self.classnames[item["label"]])
                 item[TEXT] = self.anchor.tokenize([caption])[0]
@@ -114,11 +121,11 @@ class ManifestPairs(Dataset):
 def collate_skipping(items: List[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
     """Collate the readable items of a batch (``None`` marks an unreadable row)."""
     items = [x for x in items if x is not None]
-    return default_collate(items) if items else None
+    return default_collate(pad_raw(items)) if items else None
 
 
 def _check_row(row: Dict[str, Any], keys: Sequence[str], modality: str, preprocessor: Callable, anchor: Any,
-               full: bool) -> Optional[str]:
+               full: bool, cache: Any = None) -> Optional[str]:
     """Why a row is unusable, or None."""
     for key in keys:
         if not row.get(key):
@@ -127,8 +134,10 @@ def _check_row(row: Dict[str, Any], keys: Sequence[str], modality: str, preproce
             return f"missing {key} file"
     if not full:
         return None
+    if IMAGE in keys and cache is not None and row[IMAGE] not in cache:
+        return "unreadable: its image is not in the anchor cache"
     try:
-        if IMAGE in keys:
+        if IMAGE in keys and cache is None:
             anchor.preprocess_image(row[IMAGE])
         preprocessor(row[modality], num_clips=1)
     except BinderInputError as err:
@@ -137,12 +146,12 @@ def _check_row(row: Dict[str, Any], keys: Sequence[str], modality: str, preproce
 
 
 def validate_rows(rows: List[Dict[str, Any]], modality: str, preprocessor: Callable, anchor: Any,
-                  full: bool, need_image: bool = True) -> List[Dict[str, Any]]:
+                  full: bool, need_image: bool = True, cache: Any = None) -> List[Dict[str, Any]]:
     """Drop rows with missing (and, if ``full``, unreadable) files; log how many and why."""
     good, reasons = [], Counter()
     keys = [IMAGE, modality] if need_image else [modality]
     for row in progress(rows, f"checking {modality} rows", enabled=len(rows) >= 200):
-        why = _check_row(row, keys, modality, preprocessor, anchor, full)
+        why = _check_row(row, keys, modality, preprocessor, anchor, full, cache)
         if why is None:
             good.append(row)
         else:
@@ -160,6 +169,7 @@ class ManifestDataModule(PairedDataModule):
     """Train/val pairs from a manifest (see :class:`ManifestConfig`), one dataset per modality."""
 
     Config = ManifestConfig
+    reads_per_step = True  # decodes every pair on every read: device features pay
 
     def __init__(self, model: Any, modalities: Sequence[str], target: str = "image", **options: Any) -> None:
         super().__init__(model, modalities, target, **options)
@@ -184,9 +194,29 @@ class ManifestDataModule(PairedDataModule):
     def _usable(self, rows: List[Dict[str, Any]], modality: str) -> List[Dict[str, Any]]:
         rows = [r for r in rows if r.get(modality)]
         good = validate_rows(rows, modality, self.preprocessors[modality], self.anchor, self.cfg.validate,
-                             need_image=self.target == IMAGE)
+                             need_image=self.target == IMAGE, cache=self.target_cache)
         self.skipped += len(rows) - len(good)
         return good
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """The base fingerprint plus a digest of the rows each modality trains and validates on."""
+        rows = {m: [(r.get("id"), r.get(m), r.get(IMAGE))
+                    for r in self.train_rows.get(m, []) + self.val_rows.get(m, [])] for m in self.modalities}
+        return {**super().fingerprint(), "rows": digest(rows)}
+
+    def anchor_images(self) -> AnchorImages:
+        """Every existing image of the manifest(s), keyed by its path; the data fingerprint is
+        the paths with their sizes and modification times."""
+        paths = [self.cfg.path, *([self.cfg.val_path] if self.cfg.val_path else [])]
+        images = sorted({r[IMAGE] for p in paths for r in read_manifest(p, self.modalities) if r.get(IMAGE)})
+        stats = []
+        for path in images:
+            try:
+                st = Path(path).stat()
+                stats.append((path, st.st_size, st.st_mtime_ns))
+            except OSError:
+                stats.append((path, -1, -1))
+        return AnchorImages(images, images.__getitem__, digest(stats))
 
     def _labels(self, rows: List[Dict[str, Any]]) -> None:
         labels = sorted({str(r["label"]) for r in rows if r.get("label") not in (None, "")})
@@ -227,11 +257,13 @@ class ManifestDataModule(PairedDataModule):
             self.train_rows[m], self.val_rows[m] = self._usable(train, m), self._usable(val, m) if val else []
         self._labels([r for m in self.modalities for r in self.train_rows[m] + self.val_rows[m]])
         common = dict(anchor=self.anchor, target=self.target, label_index=self.label_index,
-                      templates=self.templates, classnames=self.classnames)
+                      templates=self.templates, classnames=self.classnames, cache=self.target_cache)
         for m in self.modalities:
             pre = self.preprocessors[m]
-            self.train_sets[m] = ManifestPairs(self.train_rows[m], m, pre, train=True, augment=self.augments[m], **common)
-            self.val_sets[m] = ManifestPairs(self.val_rows[m], m, pre, train=False, **common)
+            raw = m in self.device_features
+            self.train_sets[m] = ManifestPairs(self.train_rows[m], m, pre, train=True, augment=self.augments[m],
+                                               raw=raw, **common)
+            self.val_sets[m] = ManifestPairs(self.val_rows[m], m, pre, train=False, raw=raw, **common)
             log.info("manifest %s: %d train / %d val pairs", m, len(self.train_sets[m]), len(self.val_sets[m]))
         if self.skipped:
             log.info("manifest: %d rows skipped in all", self.skipped)
@@ -239,11 +271,13 @@ class ManifestDataModule(PairedDataModule):
     def train_dataloader(self) -> CombinedLoader:
         return combine({m: DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True,
                                       drop_last=len(ds) > self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                      pin_memory=self.pin_memory,
                                       collate_fn=collate_skipping)
                         for m, ds in self.train_sets.items()})
 
     def val_dataloader(self) -> List[DataLoader]:
         return [DataLoader(self.val_sets[m], batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                           pin_memory=self.pin_memory,
                            collate_fn=collate_skipping) for m in self.val_modalities]
 
     def zero_shot_set(self, modality: str) -> tuple:

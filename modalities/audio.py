@@ -25,15 +25,17 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Mapping, Optional
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+from einops import rearrange
 
 from binder.clips import POLICIES, imagebind_ranges, sample_starts
 from binder.errors import BinderConfigError, BinderInputError, check_rate, existing_file
+from binder.fbank import seconds_to_samples
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.modality import ModalityConfig
 from binder.registry import ModalitySpec, register_modality
@@ -160,6 +162,13 @@ class AudioPreprocessor:
     def waveform(self, item: Any, sample_rate: Optional[int] = None) -> torch.Tensor:
         """Any accepted input -> validated waveform (C, T) at ``cfg.sample_rate``: one averaged
         channel (``channels: mix``) or every channel (``first``, resampled one by one as ImageBind)."""
+        wave, rate = self.source(item, sample_rate)
+        if rate != self.cfg.sample_rate:
+            wave = torchaudio.functional.resample(wave, rate, self.cfg.sample_rate)
+        return wave
+
+    def source(self, item: Any, sample_rate: Optional[int] = None) -> Tuple[torch.Tensor, int]:
+        """Any accepted input -> (validated waveform (C, T) at its own rate, the rate)."""
         if isinstance(item, (str, Path)):
             name = f"audio file {str(item)!r}"
             data, sample_rate = self.read(item)
@@ -178,9 +187,41 @@ class AudioPreprocessor:
         wave = torch.from_numpy(np.ascontiguousarray(data))  # (C, T)
         if self.cfg.channels == "mix":
             wave = wave.mean(0, keepdim=True)  # (1, T)
-        if rate != self.cfg.sample_rate:
-            wave = torchaudio.functional.resample(wave, rate, self.cfg.sample_rate)
-        return wave
+        return wave, rate
+
+    def raw(self, item: Any, sample_rate: Optional[int] = None, train: bool = False,
+            num_clips: Optional[int] = None) -> Dict[str, Any]:
+        """The clips of one recording at its own rate, for :meth:`features` on the accelerator
+        (``speed.audio_features=device``): ``wave`` (K, T) channel-0 samples of each clip, zero-padded
+        to one clip at that rate, ``rate``, ``length`` (K,) valid samples. The clips are those
+        :meth:`__call__` takes (the same ranges, mapped to the input's rate)."""
+        wave, rate = self.source(item, sample_rate)
+        target = self.cfg.sample_rate
+        k = num_clips or (1 if train else self.cfg.clips_per_sample)
+        clip = seconds_to_samples(self.cfg.clip_duration, rate)
+        out, lengths = torch.zeros(k, clip), torch.zeros(k, dtype=torch.long)
+        for j, (a, _) in enumerate(self.ranges(math.ceil(wave.shape[-1] * target / rate), k, train)):
+            start = int(a * rate // target)
+            segment = wave[0, start : start + clip]
+            out[j, : segment.numel()], lengths[j] = segment, max(1, segment.numel())
+        return {"wave": out, "rate": rate, "length": lengths}
+
+    def features(self, raw: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """A collated batch of :meth:`raw` outputs (``wave`` (B, K, T), ``rate`` (B,), ``length``
+        (B, K)) -> normalised log-mel clips (B, K, 1, mel, frames), computed batched on the batch's
+        device (:mod:`binder.fbank`); equal to :meth:`__call__`'s up to resampling at clip edges."""
+        from binder import fbank
+
+        cfg = self.cfg
+        b, k, _ = raw["wave"].shape
+        waves = rearrange(raw["wave"], "b k t -> (b k) t")
+        lengths = rearrange(raw["length"], "b k -> (b k)")
+        rates = [int(r) for r in raw["rate"].repeat_interleave(k).tolist()]
+        waves, lengths = fbank.resample(waves, lengths, rates, cfg.sample_rate)
+        mel = fbank.fbank(fbank.centred(waves, lengths), lengths, cfg.sample_rate, cfg.num_mel_bins,
+                          cfg.frame_length_ms, cfg.frame_shift_ms)  # (B K, mel, F)
+        mel = (fbank.fit_frames(mel, cfg.target_length) - cfg.mean) / cfg.std
+        return rearrange(mel, "(b k) m f -> b k 1 m f", b=b)
 
     def fbank(self, segment: torch.Tensor, center: bool = True) -> torch.Tensor:
         """Clip (C, T) or (T,) -> normalised log-mel (1, mel, frames) of its first channel, after

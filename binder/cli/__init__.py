@@ -1,7 +1,8 @@
 """The ``binder`` command: one module per command group, one way every user error ends.
 
 ``binder train ...`` (Hydra overrides, handed over untouched), ``binder download``,
-``binder modalities``, ``binder models`` (:mod:`binder.cli.train`); ``binder index
+``binder modalities``, ``binder models`` (:mod:`binder.cli.train`); ``binder cache ...`` (Hydra overrides,
+:mod:`binder.cli.cache`); ``binder shards pack|info`` (:mod:`binder.cli.shards`); ``binder index
 build|add|delete|info`` (:mod:`binder.cli.index`); ``binder search`` and ``binder embed``
 (:mod:`binder.cli.search`); ``binder serve`` (:mod:`binder.cli.serve`); ``binder eval``
 (:mod:`binder.cli.eval`).
@@ -17,17 +18,26 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-GROUPS = ("binder.cli.train", "binder.cli.index", "binder.cli.search", "binder.cli.serve", "binder.cli.eval")
-PASSTHROUGH = ("train", "download")  # everything after these commands is theirs (Hydra, the downloader)
+GROUPS = ("binder.cli.train", "binder.cli.index", "binder.cli.search", "binder.cli.serve", "binder.cli.eval",
+          "binder.cli.cache", "binder.cli.shards")
+PASSTHROUGH = {"train": "binder.cli.train", "download": "binder.cli.train", "cache": "binder.cli.cache"}
+"""Commands whose arguments are all theirs (Hydra, the downloader), and the module that runs them."""
+RELAUNCH = "BINDER_COMMAND"
+"""Set by ``binder train``/``binder cache`` for the processes Lightning starts again with the same
+arguments minus the command (multi-process strategies): they run that command."""
 
 EXAMPLES = """examples:
   binder train modality=audio                      train an audio encoder on the offline digits world
   binder train 'modality=[audio,depth]'            one model for two modalities, one run
   binder train modality=thermal data=llvip         thermal against LLVIP's visible images
   binder train experiment=five_modalities          the five-modality benchmark (a Hydra multirun)
+  binder cache anchor=openclip data=manifest data.path=pairs.csv anchor.cache=vith.cache
+                                                   embed the paired images once (then train with anchor.cache=...)
+  binder shards pack pairs.csv -o shards/ --modality audio --cache vith.cache   streaming shards of pairs
   binder train --help                              every config group and option of training
   binder download --root ~/data                    fetch MNIST + FSDD (the digits world)
   binder modalities                                the registered modalities, plugins included
@@ -73,10 +83,11 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``binder`` console script; returns the exit status."""
     argv: List[str] = list(sys.argv[1:] if argv is None else argv)
+    again = os.environ.get(RELAUNCH)
+    if again in PASSTHROUGH and (not argv or argv[0] not in PASSTHROUGH) and "=" in (argv[0] if argv else "="):
+        argv = [again, *argv]  # a process Lightning launched again with the overrides only (trainer=ddp)
     if argv and argv[0] in PASSTHROUGH:
-        from binder.cli.train import passthrough
-
-        return passthrough(argv[0], argv[1:])
+        return importlib.import_module(PASSTHROUGH[argv[0]]).passthrough(argv[0], argv[1:])
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -87,5 +98,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 1
-    name = f"index {args.index_command}" if args.command == "index" else args.command
+    sub = {"index": "index_command", "shards": "shards_command"}.get(args.command)
+    name = f"{args.command} {getattr(args, sub)}" if sub else args.command
     return run(handlers[name], args)

@@ -88,6 +88,8 @@ def embed(args: argparse.Namespace) -> int:
     from binder.index.items import check_bulk_options, embed_items, gather
 
     check_bulk_options(args.batch_size, args.workers)
+    if not args.output.lower().endswith(".parquet"):
+        return embed_folder(args)
     model = load_model(args.model)
     report = embed_items(model, args.modality, gather(args.items, args.modality), args.batch_size, args.workers)
     write_parquet(report, args.output, model, args.modality)
@@ -96,6 +98,22 @@ def embed(args: argparse.Namespace) -> int:
         print(f"skipped {len(report.skipped)}:")
         for path, reason in report.skipped:
             print(f"  {path}: {reason}")
+    return 0
+
+
+def embed_folder(args: argparse.Namespace) -> int:
+    """``binder embed ... -o FOLDER``: Parquet parts, crash-safe, resumable, split over torchrun's ranks."""
+    from binder.index.bulk import embed_parts
+    from binder.index.items import gather
+
+    items = gather(args.items, args.modality)  # before loading the model: a bad path fails fast
+    done = embed_parts(load_model(args.model), args.modality, items, args.output, part_size=args.part_size,
+                       batch_size=args.batch_size, num_workers=args.workers, precision=args.precision)
+    if "embedded" in done and "parts" in done:
+        print(f"embedded {done['embedded']} of {done['items']} {args.modality} item(s) in {done['parts']} part(s) "
+              f"-> {args.output}")
+        for path, reason in done["skipped_items"][:20]:
+            print(f"  skipped {path}: {reason}")
     return 0
 
 
@@ -123,6 +141,11 @@ def add_commands(sub: Any) -> Dict[str, Callable[[argparse.Namespace], int]]:
     emb.add_argument("items", nargs="+")
     emb.add_argument("--model", required=True)
     emb.add_argument("--modality", required=True)
-    emb.add_argument("-o", "--output", required=True, help="the .parquet file to write")
+    emb.add_argument("-o", "--output", required=True,
+                     help="a .parquet file, or a folder of Parquet parts (crash-safe: a re-run skips finished parts; "
+                          "torchrun splits the parts over its processes)")
+    emb.add_argument("--part-size", type=int, default=100_000, help="items per part, with a folder (default 100000)")
+    emb.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                     help="autocast of the encoders on a GPU (default fp32)")
     bulk_options(emb)
     return {"search": search, "embed": embed}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, Dict, List
 
@@ -12,7 +13,10 @@ def passthrough(command: str, rest: List[str]) -> int:
     if command == "train":
         from binder.training import main
 
-        sys.argv = ["binder train", *rest]
+        from binder.cli import RELAUNCH
+
+        os.environ[RELAUNCH] = "train"  # Lightning's multi-process launch runs sys.argv again without "train"
+        sys.argv = [sys.argv[0], *rest]
         main()
         return 0
     from binder.datasets.download import main as download

@@ -144,7 +144,7 @@ def read_manifest(path: Path, modality: str) -> List[Item]:
 # ----------------------------------------------------------------------------------------------
 
 def embed_items(model: Any, modality: str, items: Sequence[Item], batch_size: int = 64, num_workers: int = 2,
-                show_progress: bool = True) -> EmbedReport:
+                show_progress: bool = True, autocast: Any = None) -> EmbedReport:
     """Embed ``items`` of ``modality`` with binder's one embedding loop
     (:func:`binder.embedding.embed_inputs`): workers read and preprocess, the main process embeds;
     a file that cannot be read is skipped and reported, and each file's record is taken before
@@ -157,7 +157,7 @@ def embed_items(model: Any, modality: str, items: Sequence[Item], batch_size: in
     check_bulk_options(batch_size, num_workers)
     items = list(items)
     done = embed_inputs(model, modality, [it.path for it in items], batch_size=batch_size, num_workers=num_workers,
-                        on_error="skip", record_files=modality != TEXT, progress=show_progress)
+                        on_error="skip", record_files=modality != TEXT, progress=show_progress, autocast=autocast)
     skipped = [(items[i].path, reason) for i, reason in done.skipped]
     for path, reason in skipped:
         log.info("skipped %s: %s", path, reason)

@@ -79,7 +79,19 @@ def _register_resolvers() -> None:
                                     replace=True)
 
 
+def _rank_zero() -> bool:
+    """Whether this is the first process of the run (torchrun, SLURM or Lightning's own launch)."""
+    import os
+
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key) is not None:
+            return os.environ[key] == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
 def _status(run_dir: Path, status: str, **extra: Any) -> None:
+    if not _rank_zero():  # one status per run, written by the first process
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": status, "time": dt.datetime.now().isoformat(timespec="seconds"), **extra}
     atomic_write(run_dir / STATUS_FILE, json.dumps(record, indent=2))
@@ -105,7 +117,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     except BaseException as err:
         _status(run_dir, "failed", task=cfg.task, error=f"{type(err).__name__}: {err}")
         raise
-    _status(run_dir, "completed", task=cfg.task)
+    extra = {"skipped": metrics["skipped"]} if isinstance(metrics, dict) and metrics.get("skipped") else {}
+    _status(run_dir, "completed", task=cfg.task, **extra)  # unreadable samples or shards, counted
     return metrics
 
 

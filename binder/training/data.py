@@ -17,16 +17,20 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from binder.config import build_dataclass, check_keys, instantiate, to_dict
 from binder.errors import BinderConfigError
 from binder.registry import get_modality
+from binder.training.cache import AnchorCache, AnchorImages
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("image", "text", "label")
+SKIPPED = "skipped"
+"""Batch key: how many samples of the batch could not be read and were left out."""
 
 
 def combine(loaders: Dict[str, DataLoader]) -> CombinedLoader:
@@ -60,6 +64,24 @@ class PairedDataModule(L.LightningDataModule):
         self.augments = {m: self._augment(m) for m in self.modalities}
         self.train_sets: Dict[str, Any] = {}
         self.val_sets: Dict[str, Any] = {}
+        self.target_cache: Optional[AnchorCache] = None  # anchor.cache: pairs carry cached image embeddings
+        self.pin_memory = False  # speed.pin_memory: page-locked batches for a GPU
+        self.device_features: set = set()  # speed.audio_features=device: modalities read raw, featurised on the device
+
+    def use_cache(self, cache: Optional[AnchorCache]) -> None:
+        """Pair X with the cached anchor embeddings of its images (set before ``setup``)."""
+        self.target_cache = cache
+
+    def anchor_images(self) -> AnchorImages:
+        """Every paired image with its sample id and a fingerprint of the data (what
+        :mod:`binder.training.cache` embeds once). Data modules that support the cache override it."""
+        raise BinderConfigError(f"{type(self).__name__} cannot use an anchor cache: set anchor.cache=null")
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """What every process of a multi-process run must agree on about the data."""
+        return {"module": type(self).__name__, "modalities": self.modalities, "target": self.target,
+                "train": {m: len(ds) for m, ds in self.train_sets.items()},
+                "val": {m: len(ds) for m, ds in self.val_sets.items()}}
 
     def _augment(self, modality: str) -> Optional[Callable]:
         spec = get_modality(modality)
@@ -92,6 +114,18 @@ class PairedDataModule(L.LightningDataModule):
     def zero_shot_set(self, modality: str) -> Tuple[List[Any], np.ndarray]:
         """Held-out raw inputs of ``modality`` and their label indices (empty without labels)."""
         return [], np.zeros(0, dtype=np.int64)
+
+
+def pad_raw(items: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Zero-pad the raw clips (``{"wave": (K, T), "rate", "length"}``, from a preprocessor's
+    ``raw``) of a batch's items to the longest ``T`` (clips of other rates differ), so they collate."""
+    for key in {k for item in items for k, v in item.items() if isinstance(v, dict) and "wave" in v}:
+        longest = max(item[key]["wave"].shape[-1] for item in items)
+        for item in items:
+            wave = item[key]["wave"]
+            if wave.shape[-1] < longest:
+                item[key] = {**item[key], "wave": torch.nn.functional.pad(wave, (0, longest - wave.shape[-1]))}
+    return items
 
 
 def data_target(node: Any) -> Any:

@@ -54,10 +54,13 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def configure_adamw(trainer: "object", modules: Iterable[Tuple[str, nn.Module]], cfg: OptimConfig) -> dict:
+def configure_adamw(trainer: "object", modules: Iterable[Tuple[str, nn.Module]], cfg: OptimConfig,
+                    fused: bool = False) -> dict:
     """Lightning ``configure_optimizers`` result: AdamW over ``modules`` with a per-step
-    warmup-cosine schedule sized from the trainer's estimated steps."""
-    opt = torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    warmup-cosine schedule sized from the trainer's estimated steps; ``fused``: one fused kernel
+    per step (``speed.fused_adamw``) instead of the foreach path."""
+    opt = torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                            **({"fused": True} if fused else {}))
     total = int(trainer.estimated_stepping_batches)
     per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
     sched = warmup_cosine(opt, int(cfg.warmup_epochs * per_epoch), total, cfg.min_lr_ratio)

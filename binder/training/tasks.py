@@ -25,9 +25,12 @@ from binder.evaluation import EvalConfig, digits_row, evaluate_inputs, format_ta
 from binder.io import load, save
 from binder.model import BindModel
 from binder.registry import build_config, get_modality
+from binder.training.cache import cache_settings, cache_spec, make_cache, open_cache
 from binder.training.checkpoints import resume_checkpoint
 from binder.training.data import build_datamodule, check_data
+from binder.training.distributed import RankAgreement, config_digest
 from binder.training.module import BindingModule
+from binder.training.speed import SpeedConfig, apply_to_model, describe, gpu_planned, is_oom, oom_error, resolve
 from binder.training.optim import OptimConfig
 
 log = logging.getLogger(__name__)
@@ -59,8 +62,8 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
 
 
 def anchor_settings(node: Any) -> Dict[str, Any]:
-    """The anchor node without its ``_target_`` and ``build`` keys."""
-    return {k: v for k, v in to_dict(node).items() if k not in ("_target_", "build")}
+    """The anchor node without its ``_target_``, ``build`` and ``cache`` keys."""
+    return {k: v for k, v in to_dict(node).items() if k not in ("_target_", "build", "cache")}
 
 
 def anchor_weights(node: Any) -> Optional[Path]:
@@ -94,7 +97,7 @@ def build_model(cfg: DictConfig) -> BindModel:
         log.info("initialised from %s", cfg.init_from)
         return model
     ensure_anchor(cfg.anchor)
-    node = {k: v for k, v in to_dict(cfg.anchor).items() if k != "build"}
+    node = {k: v for k, v in to_dict(cfg.anchor).items() if k not in ("build", "cache")}
     anchor = instantiate(node, "anchor")
     return BindModel(anchor, configs)
 
@@ -112,11 +115,38 @@ def check_groups(cfg: DictConfig) -> None:
             check_keys(node, f"{group}.{name}")
 
 
+def speed_config(cfg: DictConfig) -> SpeedConfig:
+    """The ``speed`` node with every ``auto`` resolved for the device the run trains on."""
+    return resolve(build_dataclass(SpeedConfig, cfg.get("speed") or {}, "speed"), gpu_planned(cfg.trainer))
+
+
+def device_features(datamodule: Any, module: BindingModule, speed: SpeedConfig) -> List[str]:
+    """With ``speed.audio_features=device``, the modalities whose preprocessors can split into raw
+    reading (loader) and batched features (device) read raw, where the data decodes every pair at
+    every step (manifests, shards); their augmentation then runs on the device too."""
+    if speed.audio_features != "device" or not getattr(datamodule, "reads_per_step", False):
+        return []
+    names = [m for m in datamodule.modalities if hasattr(datamodule.preprocessors[m], "raw")
+             and hasattr(datamodule.preprocessors[m], "features")]
+    datamodule.device_features = set(names)
+    module.device_augments = {m: datamodule.augments[m] for m in names if datamodule.augments.get(m) is not None}
+    if names:
+        log.info("speed: %s features computed batched on the device from raw clips", ", ".join(names))
+    return names
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    """The Lightning Trainer of ``cfg.trainer`` with the ``callbacks`` and ``logger`` groups."""
+    """The Lightning Trainer of ``cfg.trainer`` with the ``callbacks`` and ``logger`` groups (plus
+    the check that every process of a multi-process run has the same config and data); a null
+    ``trainer.precision`` takes ``speed.precision``."""
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in _group(cfg, "callbacks").items()]
+    callbacks.append(RankAgreement(config_digest(cfg)))
     loggers = [instantiate(node, f"logger.{name}") for name, node in _group(cfg, "logger").items()]
     trainer_node = dict(to_dict(cfg.trainer))
+    if trainer_node.get("precision") is None:
+        trainer_node["precision"] = speed_config(cfg).precision
+    if trainer_node.get("strategy") == "ddp" and len(cfg.get("modality") or ()) > 1:
+        trainer_node["strategy"] = "ddp_find_unused_parameters_true"  # a modality whose epoch ended has no grads
     if trainer_node.get("enable_progress_bar") is None:  # bars only on a terminal, never in log files
         trainer_node["enable_progress_bar"] = sys.stderr.isatty()
     if not any(isinstance(c, ModelCheckpoint) for c in callbacks):  # binder's own checkpoints, or none
@@ -138,6 +168,22 @@ def evaluate(model: BindModel, datamodule: Any, modality: str, cfg: DictConfig) 
     write_json(result.record, Path(cfg.run_dir) / "eval" / f"{name}.json")
     column = "text-paired" if cfg.target == "text" else "emergent"
     return {f"{modality}->text ({column})": digits_row(result)}
+
+
+def fit(trainer: L.Trainer, module: BindingModule, datamodule: Any, ckpt_path: Optional[str], modalities: List[str],
+        cfg: DictConfig, speed: SpeedConfig) -> None:
+    """``trainer.fit``, or only the data's setup when nothing is trainable (e.g. video mode=pooled);
+    running out of memory is one error saying what to lower."""
+    if not any(module.model.modality_parameters(m) for m in modalities):
+        log.info("%s has no trainable parameters: evaluating only", "+".join(modalities))
+        datamodule.setup("fit")
+        return
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except BaseException as err:
+        if not is_oom(err):
+            raise
+        raise oom_error(err, cfg.data.get("batch_size"), speed, str(trainer.strategy.root_device)) from err
 
 
 def header(cfg: DictConfig, modalities: List[str], data: str, run_dir: Path) -> None:
@@ -164,15 +210,19 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     header(cfg, modalities, data, run_dir)
     model = build_model(cfg)
     datamodule = build_datamodule(cfg.data, model, modalities, cfg.target)
-    module = BindingModule(model, optim_config(cfg), target=cfg.target)
+    datamodule.use_cache(open_cache(cfg, model, datamodule))
+    speed = speed_config(cfg)
+    apply_to_model(model, speed, modalities)
+    datamodule.pin_memory = speed.pin_memory == "true"
+    log.info("speed: %s", describe(speed))
+    module = BindingModule(model, optim_config(cfg), target=cfg.target, fused_adamw=speed.fused_adamw == "true")
+    device_features(datamodule, module, speed)
     trainer = make_trainer(cfg, run_dir)
-    if any(model.modality_parameters(m) for m in modalities):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    else:  # nothing to train (e.g. video mode=pooled): evaluate only
-        log.info("%s has no trainable parameters: evaluating only", "+".join(modalities))
-        datamodule.setup("fit")
+    fit(trainer, module, datamodule, ckpt_path, modalities, cfg, speed)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; no model was saved")
+    if not trainer.is_global_zero:  # rank 0 saves and evaluates
+        return {"modalities": modalities, "target": cfg.target, "rank": trainer.global_rank}
     if cfg.target == "image" and not cfg.trainer.get("fast_dev_run"):
         calibrate_from_datamodule(model, datamodule)  # compose()'s per-modality spreads, saved with the model
     model_dir = save(model, run_dir / "model")
@@ -181,9 +231,37 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
         for m in modalities:
             rows.update(evaluate(model, datamodule, m, cfg))
     metrics = {"modalities": modalities, "target": cfg.target, "zero_shot": rows, "model_dir": str(model_dir)}
+    skipped = {m: n for m, n in module.skipped.items() if n}
+    if skipped:
+        log.warning("unreadable samples skipped in training: %s", skipped)
+        metrics["skipped"] = skipped
     metrics_path = write_metrics(run_dir / "metrics.json", metrics)
     if rows:
         log.info("\n%s", format_table(rows, "Zero-shot classification of held-out inputs (%)"))
     log.info("model:   %s", model_dir)
     log.info("metrics: %s", metrics_path)
     return metrics
+
+
+def cache(cfg: DictConfig) -> Dict[str, Any]:
+    """``binder cache``: embed every paired image of the run's data with its anchor into the
+    cache ``anchor.cache`` names (``auto`` or unset: the run's default folder under ``paths.cache``)
+    and check it; a complete, matching cache is kept as it is."""
+    from binder.training.cache import AnchorCache
+
+    modalities = modalities_of(cfg)
+    if cfg.target != "image":
+        raise BinderConfigError(f"the anchor cache holds image embeddings: binder cache needs target=image, not "
+                                f"{cfg.target}")
+    data = check_data(cfg.data, modalities, cfg.target)
+    log.info("binder cache: the %s anchor's embeddings of the images of %s", cfg.anchor.get("model"), data)
+    model = build_model(cfg)
+    datamodule = build_datamodule(cfg.data, model, modalities, cfg.target)
+    settings = cache_settings(cfg)
+    images = datamodule.anchor_images()
+    spec = cache_spec(model.anchor, images, settings)
+    path = make_cache(cfg, model, images, spec, settings, force=True)
+    done = AnchorCache(path, expect=spec, verify="full")
+    log.info("anchor cache: %s holds %d images x %d view(s); train with anchor.cache=%s", path, len(done), done.views,
+             path)
+    return {"cache": str(path), "images": len(done), "views": done.views, "skipped": done.meta.get("skipped", 0)}
