@@ -55,13 +55,15 @@ class ManifestConfig:
 SCHEMAS.register("data/manifest", ManifestConfig)
 
 
-def read_manifest(path: "str | Path", modalities: "str | Sequence[str]", need_image: bool = True) -> List[Dict[str, Any]]:
+def read_manifest(path: "str | Path", modalities: "str | Sequence[str]",
+                  need_image: bool = True) -> List[Dict[str, Any]]:
     """Rows of a CSV or JSON-lines manifest (:mod:`binder.manifests`) with absolute paths; checks
     the required columns (``image`` when ``need_image``, and every modality's)."""
     modalities = [modalities] if isinstance(modalities, str) else list(modalities)
     path = Path(path).expanduser()
     if not path.exists():
-        raise BinderInputError(f"manifest {str(path)!r} does not exist: set data.path to your CSV or .jsonl file of pairs")
+        raise BinderInputError(f"manifest {str(path)!r} does not exist: set data.path to your CSV or .jsonl file "
+                               "of pairs")
     rows = read_rows(path)
     require(rows, path, [*([IMAGE] if need_image else []), *modalities], optional="id, label")
     out = []
@@ -92,7 +94,10 @@ class ManifestPairs(Dataset):
     def __getitem__(self, i: int) -> Optional[Dict[str, Any]]:
         row = self.rows[i]
         try:
-            x = self.preprocessor(row[self.modality], train=self.train)  # (K, ...)
+            if self.augment is not None and getattr(self.augment, "variants", 0):  # waveform augmentation
+                x = self.augment.raw(row[self.modality], self.preprocessor, count=1)  # (1, ...)
+            else:
+                x = self.preprocessor(row[self.modality], train=self.train)  # (K, ...)
             if self.augment is not None:
                 x = self.augment(x[0].clone())[None]
             item: Dict[Any, Any] = {self.modality: x}
@@ -230,7 +235,8 @@ class ManifestDataModule(PairedDataModule):
                       templates=self.templates, classnames=self.classnames)
         for m in self.modalities:
             pre = self.preprocessors[m]
-            self.train_sets[m] = ManifestPairs(self.train_rows[m], m, pre, train=True, augment=self.augments[m], **common)
+            self.train_sets[m] = ManifestPairs(self.train_rows[m], m, pre, train=True, augment=self.augments[m],
+                                               **common)
             self.val_sets[m] = ManifestPairs(self.val_rows[m], m, pre, train=False, **common)
             log.info("manifest %s: %d train / %d val pairs", m, len(self.train_sets[m]), len(self.val_sets[m]))
         if self.skipped:
