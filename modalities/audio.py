@@ -321,6 +321,7 @@ class AudioAugment:
         self.centres = 700.0 * np.expm1((low + (high - low) * np.arange(1, cfg.num_mel_bins + 1)
                                          / (cfg.num_mel_bins + 1)) / 1127.0)  # (mel,) Hz
         self.mel_low, self.mel_step, self.nyquist = float(low), float((high - low) / (cfg.num_mel_bins + 1)), nyquist
+        self._warps: Dict[float, tuple] = {}
 
     # ----- waveform variants ---------------------------------------------------------------
 
@@ -386,13 +387,17 @@ class AudioAugment:
     def vtlp(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
         """Warp the frequency axis of (1, mel, frames) by ``alpha`` (Jaitly & Hinton's piecewise-
         linear VTLP: f -> alpha f up to a boundary, then linear to the Nyquist frequency)."""
-        f, nyq = self.centres, self.nyquist
-        bound = 0.8 * nyq * min(alpha, 1.0) / alpha
-        warped = np.where(f <= bound, alpha * f, nyq - (nyq - alpha * bound) / (nyq - bound) * (nyq - f))
-        source = np.interp(f, warped, f)  # the frequency each output bin reads from
-        pos = np.clip((_mel(source) - self.mel_low) / self.mel_step - 1, 0, len(f) - 1)
-        lo = np.floor(pos).astype(np.int64)
-        hi, w = np.minimum(lo + 1, len(f) - 1), torch.from_numpy(pos - lo).to(x.dtype)[:, None]  # (mel, 1)
+        key = round(alpha, 3)  # warps are cached per 0.001 of alpha
+        if key not in self._warps:
+            f, nyq = self.centres, self.nyquist
+            bound = 0.8 * nyq * min(key, 1.0) / key
+            warped = np.where(f <= bound, key * f, nyq - (nyq - key * bound) / (nyq - bound) * (nyq - f))
+            source = np.interp(f, warped, f)  # the frequency each output bin reads from
+            pos = np.clip((_mel(source) - self.mel_low) / self.mel_step - 1, 0, len(f) - 1)
+            lo = np.floor(pos).astype(np.int64)
+            self._warps[key] = (torch.from_numpy(lo), torch.from_numpy(np.minimum(lo + 1, len(f) - 1)),
+                                torch.from_numpy(pos - lo).float()[:, None])  # (mel,), (mel,), (mel, 1)
+        lo, hi, w = self._warps[key]
         return x[:, lo] * (1 - w) + x[:, hi] * w
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
