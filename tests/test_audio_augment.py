@@ -139,6 +139,7 @@ def test_folds_and_table(compose, tmp_path):
     fold = fold_config(cfg, "lucas", tmp_path)
     assert fold.task == "binder.training.bind" and fold.run_dir == str(tmp_path / "lucas")
     assert fold.data.holdout == "speakers" and list(fold.data.test_speakers) == ["lucas"] and "speakers" not in fold
+    assert fold.callbacks.checkpoint.dirpath == f"{tmp_path / 'lucas'}/checkpoints"  # each fold in its own folder
     assert fold_config(cfg, TAKES, tmp_path).data.holdout == "takes"
     rows = {s: {"top1": t, "top5": 99.0, "n": 500, "seconds": 100.0} for s, t in
             [("george", 90.0), ("lucas", 74.0), ("nicolas", 95.0)]}

@@ -61,7 +61,7 @@ def _speakers(cfg: DictConfig, chosen: Optional[List[str]]) -> List[str]:
 
 def fold_config(cfg: DictConfig, fold: str, run_dir: Path) -> DictConfig:
     """The run's config for one fold: a speaker held out, or (``takes``) takes 0-4 held out."""
-    sub = OmegaConf.to_container(cfg, resolve=True)
+    sub = OmegaConf.to_container(cfg, resolve=False)  # ${run_dir} (checkpoints, logs) then points into the fold
     sub["task"], sub["run_dir"] = "binder.training.bind", str(run_dir / fold)
     sub.pop("speakers", None)
     data = dict(sub["data"])
