@@ -69,6 +69,12 @@ def save(model: Any, path: "str | Path") -> Path:
     Returns:
         The absolute path of the folder.
     """
+    from binder.adapters import adapted_modalities
+
+    adapted = adapted_modalities(model)
+    if adapted:
+        raise BinderInputError(f"the {'+'.join(adapted)} encoder carries LoRA adapters: save them with "
+                               "binder.adapters.save_adapters, or merge them first (binder.adapters.merge_adapters)")
     path = Path(path).expanduser().absolute()
     with atomic_folder(path) as tmp:
         config = model_config(model)
@@ -232,7 +238,7 @@ def _open_clip_model(source: str, pretrained: Optional[str], device: "str | torc
 
 def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: bool = True,
          revision: Optional[str] = None, pretrained: Optional[str] = None,
-         modalities: Optional[Sequence[str]] = None) -> Any:
+         modalities: Optional[Sequence[str]] = None, adapters: "Optional[str | Path]" = None) -> Any:
     """Load a model from any of these sources:
 
     * a folder written by :func:`save` / ``save_pretrained`` (e.g. a run's ``outputs/.../model``);
@@ -254,10 +260,22 @@ def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: 
         revision: Hub revision (branch, tag or commit).
         pretrained: open_clip pretrained tag or checkpoint, for ``open_clip:`` sources.
         modalities: ImageBind checkpoints only: the bound modalities to load (default all).
+        adapters: A LoRA adapter folder (``binder train ... finetune=lora`` writes ``<run>/adapters``)
+            to put onto the loaded model; refused unless it was trained on this very base.
 
     Raises:
         ModelLoadError: one error naming the source and what was expected.
     """
+    model = _load(source, device, verify, revision, pretrained, modalities)
+    if adapters is not None:
+        from binder.adapters import load_adapters
+
+        model = load_adapters(model, adapters).to(device).eval()
+    return model
+
+
+def _load(source: "str | Path", device: "str | torch.device", verify: bool, revision: Optional[str],
+          pretrained: Optional[str], modalities: Optional[Sequence[str]]) -> Any:
     text = str(source)
     if text.startswith("open_clip:"):
         return _open_clip_model(text, pretrained, device)

@@ -69,6 +69,7 @@ class DigitsConfig:
     holdout: str = "takes"  # takes | speakers: how FSDD recordings are held out
     test_takes: int = 5  # with holdout=takes, takes 0..test_takes-1 are test
     test_speakers: List[str] = field(default_factory=lambda: ["yweweler"])  # with holdout=speakers
+    speakers: Optional[List[str]] = None  # FSDD speakers to use at all (None: every one), e.g. to adapt to one
     batch_size: int = 64  # pairs per training batch
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # seed of the fixed validation pairing and of the held-out renders
@@ -94,6 +95,8 @@ class DigitsWorld:
         root = data_root(cfg.root)
         self.images, self.labels = load_mnist(root / "mnist", cfg.mnist_split)  # (N, 28, 28), (N,)
         self.recordings = list_recordings(root / "fsdd")
+        if cfg.speakers is not None:
+            self.recordings = [r for r in self.recordings if r.speaker in cfg.speakers]
 
     def image_indices(self, split: str) -> np.ndarray:
         """MNIST instance indices of ``split`` ('train' or 'test')."""
@@ -212,8 +215,9 @@ class DigitsDataModule(PairedDataModule):
             if folder == "fsdd" and not any(getattr(digits_source(m), "recordings", None) for m in modalities):
                 continue
             if not (root / folder).is_dir():
-                raise BinderConfigError(f"data root {str(root)!r} has no {folder}/ folder; set data.root or BINDER_DATA "
-                                        "to a folder with mnist/ and fsdd/ (python -m binder.datasets.download --root DIR)")
+                raise BinderConfigError(f"data root {str(root)!r} has no {folder}/ folder; set data.root or "
+                                        "BINDER_DATA to a folder with mnist/ and fsdd/ (python -m "
+                                        "binder.datasets.download --root DIR)")
         missing = [m for m in modalities if digits_source(m) is None]
         if missing:
             raise BinderConfigError(f"the digits world has no {missing} data; it has {digits_modalities()}")
@@ -258,8 +262,10 @@ class DigitsDataModule(PairedDataModule):
                         captions: Optional[torch.Tensor]) -> Dataset:
         """Recordings (audio) paired with a random image of their class."""
         raw, labels = digits_source(modality).recordings(self.world, split)
-        pre = self.preprocessors[modality]
-        items = [pre(r, num_clips=1) for r in progress(raw, f"{modality} {split}")]
+        pre, augment = self.preprocessors[modality], self.augments[modality] if split == "train" else None
+        variants = getattr(augment, "variants", 0)  # waveform-augmented copies, made once (picked like clips)
+        items = [torch.cat([pre(r, num_clips=1), augment.raw(r, pre)]) if variants else pre(r, num_clips=1)
+                 for r in progress(raw, f"{modality} {split}" + (f" (+{variants} variants each)" if variants else ""))]
         if split == "test":
             self.test_items[modality], self.test_labels[modality] = list(raw), np.asarray(labels)
         return PairedDigits(

@@ -56,13 +56,15 @@ class ManifestConfig:
 SCHEMAS.register("data/manifest", ManifestConfig)
 
 
-def read_manifest(path: "str | Path", modalities: "str | Sequence[str]", need_image: bool = True) -> List[Dict[str, Any]]:
+def read_manifest(path: "str | Path", modalities: "str | Sequence[str]",
+                  need_image: bool = True) -> List[Dict[str, Any]]:
     """Rows of a CSV or JSON-lines manifest (:mod:`binder.manifests`) with absolute paths; checks
     the required columns (``image`` when ``need_image``, and every modality's)."""
     modalities = [modalities] if isinstance(modalities, str) else list(modalities)
     path = Path(path).expanduser()
     if not path.exists():
-        raise BinderInputError(f"manifest {str(path)!r} does not exist: set data.path to your CSV or .jsonl file of pairs")
+        raise BinderInputError(f"manifest {str(path)!r} does not exist: set data.path to your CSV or .jsonl file "
+                               "of pairs")
     rows = read_rows(path)
     require(rows, path, [*([IMAGE] if need_image else []), *modalities], optional="id, label")
     out = []
@@ -97,6 +99,8 @@ class ManifestPairs(Dataset):
         try:
             if self.raw:  # resampling, features and augmentation run batched on the device
                 x = self.preprocessor.raw(row[self.modality], train=self.train)
+            elif self.augment is not None and getattr(self.augment, "variants", 0):  # waveform augmentation
+                x = self.augment.raw(row[self.modality], self.preprocessor, count=1)  # (1, ...)
             else:
                 x = self.preprocessor(row[self.modality], train=self.train)  # (K, ...)
             if self.augment is not None and not self.raw:

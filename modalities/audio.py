@@ -61,15 +61,54 @@ IMAGEBIND_INPUT = ("imagebind", "first")  # imagebind/data.py exactly (the image
 
 @dataclass
 class AudioAugmentConfig:
-    """Train-time augmentation on normalised log-mel clips (applied to the valid frames)."""
+    """Train-time augmentation (``modality.audio.augment.*``), every switch off at 0.
 
+    Waveform switches (speed, pitch, noise, room) make ``variants`` augmented copies of each
+    training recording, preprocessed once when the data is set up (data that reads files on every
+    step, manifests, augments every read instead); feature switches act on every read of a
+    normalised log-mel clip (only its valid frames are stretched, shifted and gain-changed).
+    """
+
+    variants: int = 0  # waveform-augmented copies of each training recording (0: no waveform augmentation)
+    speed: float = 0.0  # speed perturbation: resample by a factor in [1 - s, 1 + s] (tempo and pitch; Ko et al. 2015)
+    pitch: float = 0.0  # pitch shift by up to this many semitones, duration kept (torchaudio's pitch_shift)
+    noise_prob: float = 0.0  # probability of additive noise (white, pink or brown) ...
+    snr_db: Tuple[float, float] = (5.0, 30.0)  # ... at a signal-to-noise ratio drawn from this range (dB)
+    room_prob: float = 0.0  # probability of a simulated room response (exponentially decaying noise) ...
+    rt60: Tuple[float, float] = (0.1, 0.6)  # ... with a reverberation time drawn from this range (s)
+    vtlp: float = 0.0  # vocal-tract-length perturbation: warp factor in [1 - v, 1 + v] (Jaitly & Hinton 2013)
+    eq_db: float = 0.0  # random equaliser: a smooth gain curve over the mel bins within [-g, g] dB (microphones)
     time_stretch: float = 0.1  # stretch the valid frames by a factor in [1 - s, 1 + s]
     max_shift: int = 20  # delay the content by up to this many frames
     gain_db: float = 6.0  # random gain in [-g, g] dB on the valid frames
-    freq_masks: int = 2  # SpecAugment frequency masks
+    freq_masks: int = 2  # SpecAugment frequency masks (torchaudio.transforms.FrequencyMasking)
     freq_width: int = 12  # max mel bins per frequency mask
-    time_masks: int = 2  # SpecAugment time masks
+    time_masks: int = 2  # SpecAugment time masks (torchaudio.transforms.TimeMasking)
     time_width: int = 12  # max frames per time mask
+
+    def __post_init__(self) -> None:
+        for key in ("speed", "vtlp", "time_stretch"):
+            if not 0 <= getattr(self, key) < 0.5:
+                raise BinderConfigError(f"audio augment.{key} must be in [0, 0.5), got {getattr(self, key)!r}")
+        for key in ("noise_prob", "room_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise BinderConfigError(f"audio augment.{key} must be a probability in [0, 1], got "
+                                        f"{getattr(self, key)!r}")
+        for key in ("snr_db", "rt60"):
+            low, high = (float(v) for v in getattr(self, key))
+            if not low <= high or (key == "rt60" and not 0 < low):
+                raise BinderConfigError(f"audio augment.{key} must be a range [low, high] with low <= high"
+                                        f"{' and low > 0' if key == 'rt60' else ''}, got {list(getattr(self, key))}")
+            setattr(self, key, (low, high))
+        negative = [k for k in ("variants", "pitch", "eq_db", "max_shift", "gain_db", "freq_masks", "freq_width",
+                                "time_masks", "time_width") if getattr(self, k) < 0]
+        if negative:
+            raise BinderConfigError(f"audio augment.{negative[0]} must be >= 0, got {getattr(self, negative[0])!r}")
+
+    @property
+    def on_waveform(self) -> bool:
+        """Whether any waveform augmentation is switched on."""
+        return bool(self.speed or self.pitch or self.noise_prob or self.room_prob)
 
 
 @dataclass
@@ -88,8 +127,8 @@ class AudioConfig(ModalityConfig):
     frame_shift_ms: float = 10.0  # hop
     clip_duration: float = 2.0  # seconds per clip
     clips_per_sample: int = 3  # clips per recording at inference; embeddings are averaged
-    clip_policy: Optional[str] = None  # spread: clips from start to end | imagebind: ImageBind's sampler; None: the preset's
-    channels: Optional[str] = None  # mix: average the channels | first: ImageBind's (channel 0 after the clip mean); None: the preset's
+    clip_policy: Optional[str] = None  # spread: start to end | imagebind: ImageBind's sampler; None: the preset's
+    channels: Optional[str] = None  # mix: average the channels | first: channel 0 after the clip mean; None: preset's
     mean: float = -4.268  # normalisation mean (ImageBind, AudioSet statistics)
     std: float = 9.138  # normalisation std
     temperature: float = 0.05  # fixed InfoNCE temperature (ImageBind audio)
@@ -279,25 +318,133 @@ class AudioPreprocessor:
         return f"audio file {str(item)!r}" if isinstance(item, (str, Path)) else "audio input"
 
 
-class AudioAugment:
-    """Feature-domain augmentation of one normalised clip (1, mel, frames).
+def _mel(f: np.ndarray) -> np.ndarray:
+    return 1127.0 * np.log1p(f / 700.0)  # Kaldi's (HTK) mel scale
 
-    Only the valid (non-padded) frames are stretched, shifted and gain-changed; padded frames
-    keep the padding value, so augmented clips look like real preprocessed ones.
+
+def colored_noise(shape: Tuple[int, ...], exponent: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Noise whose power falls as 1 / f ** exponent (0 white, 1 pink, 2 brown), unit RMS."""
+    white = torch.randn(shape, generator=generator)
+    spectrum = torch.fft.rfft(white)
+    f = torch.arange(spectrum.shape[-1], dtype=torch.float32).clamp(min=1.0)
+    noise = torch.fft.irfft(spectrum / f ** (exponent / 2), n=shape[-1])
+    return noise / noise.pow(2).mean().sqrt().clamp(min=1e-12)
+
+
+def room_response(rt60: float, rate: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A simulated room impulse response: the direct path, then Gaussian noise decaying by 60 dB
+    over ``rt60`` seconds (the statistical late-reverberation model), unit energy."""
+    n = max(2, int(min(rt60, 1.0) * rate))
+    t = torch.arange(n, dtype=torch.float32) / rate
+    tail = torch.randn(n, generator=generator) * torch.exp(-math.log(1000.0) * t / rt60)
+    tail[0] = 0.0
+    h = tail * 0.5 / tail.pow(2).sum().sqrt().clamp(min=1e-12)
+    h[0] = 1.0
+    return h / h.pow(2).sum().sqrt()
+
+
+class AudioAugment:
+    """Train-time augmentation: waveform variants (:meth:`raw`) and per-read feature changes.
+
+    :meth:`raw` perturbs a recording's waveform (speed, pitch, simulated room, additive noise,
+    with torchaudio) before the preprocessor turns it into a clip; ``__call__`` changes one
+    normalised clip (1, mel, frames): vocal-tract-length warping of its frequency axis, time
+    stretch, gain and delay of its valid frames (padded frames keep the padding value, so augmented
+    clips look like real preprocessed ones), then SpecAugment (torchaudio's masking transforms).
     """
 
     def __init__(self, cfg: AudioConfig) -> None:
         self.cfg, self.aug, self.pad = cfg, cfg.augment, cfg.pad_value
         self.freq_mask = torchaudio.transforms.FrequencyMasking(cfg.augment.freq_width)
         self.time_mask = torchaudio.transforms.TimeMasking(cfg.augment.time_width)
+        nyquist = cfg.sample_rate / 2
+        low, high = _mel(np.array(20.0)), _mel(np.array(nyquist))  # Kaldi fbank's default band
+        self.centres = 700.0 * np.expm1((low + (high - low) * np.arange(1, cfg.num_mel_bins + 1)
+                                         / (cfg.num_mel_bins + 1)) / 1127.0)  # (mel,) Hz
+        self.mel_low, self.mel_step, self.nyquist = float(low), float((high - low) / (cfg.num_mel_bins + 1)), nyquist
+        self._warps: Dict[float, tuple] = {}
+
+    # ----- waveform variants ---------------------------------------------------------------
+
+    @property
+    def variants(self) -> int:
+        """How many waveform-augmented copies of each training recording to make (0: none)."""
+        return self.aug.variants if self.aug.on_waveform else 0
+
+    @staticmethod
+    def _uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand(()))
+
+    def perturb(self, wave: torch.Tensor, rate: int) -> "tuple[torch.Tensor, float]":
+        """One random perturbation of a waveform (C, T) at ``rate`` -> (waveform, the factor by
+        which its duration must be stretched back after analysis: pitch shifts keep duration)."""
+        a, restore = self.aug, 1.0
+        if a.speed:  # played faster by f: shorter and higher
+            f = round(self._uniform(1 - a.speed, 1 + a.speed), 2)
+            wave = torchaudio.functional.resample(wave, int(round(f * 100)), 100)
+        if a.pitch:  # resampled by r (higher by log2(r) octaves), its duration restored after analysis
+            r = round(2.0 ** (self._uniform(-a.pitch, a.pitch) / 12), 2)
+            wave = torchaudio.functional.resample(wave, int(round(r * 100)), 100)
+            restore = r
+        if a.room_prob and self._uniform(0, 1) < a.room_prob:
+            h = room_response(self._uniform(*a.rt60), rate)
+            peak = wave.abs().max().clamp(min=1e-9)
+            wave = torchaudio.functional.fftconvolve(wave, h.expand(wave.shape[0], -1))
+            wave = wave * peak / wave.abs().max().clamp(min=1e-9)
+        if a.noise_prob and self._uniform(0, 1) < a.noise_prob:
+            noise = colored_noise(tuple(wave.shape), float(torch.randint(0, 3, ())))
+            snr = torch.full(wave.shape[:-1], self._uniform(*a.snr_db))
+            wave = torchaudio.functional.add_noise(wave, noise, snr)
+        return wave, restore
+
+    def raw(self, item: Any, preprocessor: "AudioPreprocessor", count: Optional[int] = None) -> torch.Tensor:
+        """``count`` (default ``variants``) waveform-augmented clips of one raw recording ->
+        (count, 1, mel, frames), each also stretched back after a pitch shift."""
+        wave, rate = preprocessor.waveform(item), self.cfg.sample_rate
+        clips = []
+        for _ in range(self.variants if count is None else count):
+            perturbed, restore = self.perturb(wave, rate)
+            clip = preprocessor(perturbed, sample_rate=rate, num_clips=1)[0]  # (1, mel, frames)
+            clips.append(self._stretch_valid(clip, restore) if restore != 1.0 else clip)
+        return torch.stack(clips) if clips else torch.zeros(0, 1, self.cfg.num_mel_bins, self.cfg.target_length)
+
+    # ----- per-read feature changes --------------------------------------------------------
 
     def _valid_frames(self, x: torch.Tensor) -> int:
         is_pad = (x[0] - self.pad).abs().amax(0) < 1e-6  # (frames,)
         idx = torch.nonzero(~is_pad)
         return int(idx[-1].item()) + 1 if idx.numel() else 0
 
+    def _stretch_valid(self, x: torch.Tensor, factor: float) -> torch.Tensor:
+        """The valid frames of (1, mel, frames) stretched to ``factor`` times their length."""
+        n, frames = self._valid_frames(x), x.shape[-1]
+        if n == 0:
+            return x
+        m = max(1, min(frames, int(round(n * factor))))
+        out = torch.full_like(x, self.pad)
+        out[..., :m] = torch.nn.functional.interpolate(x[..., :n], size=m, mode="linear", align_corners=False)
+        return out
+
+    def vtlp(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Warp the frequency axis of (1, mel, frames) by ``alpha`` (Jaitly & Hinton's piecewise-
+        linear VTLP: f -> alpha f up to a boundary, then linear to the Nyquist frequency)."""
+        key = round(alpha, 3)  # warps are cached per 0.001 of alpha
+        if key not in self._warps:
+            f, nyq = self.centres, self.nyquist
+            bound = 0.8 * nyq * min(key, 1.0) / key
+            warped = np.where(f <= bound, key * f, nyq - (nyq - key * bound) / (nyq - bound) * (nyq - f))
+            source = np.interp(f, warped, f)  # the frequency each output bin reads from
+            pos = np.clip((_mel(source) - self.mel_low) / self.mel_step - 1, 0, len(f) - 1)
+            lo = np.floor(pos).astype(np.int64)
+            self._warps[key] = (torch.from_numpy(lo), torch.from_numpy(np.minimum(lo + 1, len(f) - 1)),
+                                torch.from_numpy(pos - lo).float()[:, None])  # (mel,), (mel,), (mel, 1)
+        lo, hi, w = self._warps[key]
+        return x[:, lo] * (1 - w) + x[:, hi] * w
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         a, frames = self.aug, x.shape[-1]
+        if a.vtlp > 0:
+            x = self.vtlp(x, self._uniform(1 - a.vtlp, 1 + a.vtlp))
         n = self._valid_frames(x)
         if n == 0:
             return x
@@ -309,6 +456,10 @@ class AudioAugment:
         if a.gain_db > 0:  # log-mel of power: +g dB = + g/10 * ln(10) nats, then normalised
             gain = (torch.rand(()).item() * 2 - 1) * a.gain_db * math.log(10) / 10 / self.cfg.std
             content = content + gain
+        if a.eq_db > 0:  # a gain per mel bin, linear between 5 random points: (mel, 1)
+            points = (torch.rand(1, 1, 5) * 2 - 1) * a.eq_db * math.log(10) / 10 / self.cfg.std
+            curve = torch.nn.functional.interpolate(points, size=x.shape[-2], mode="linear", align_corners=True)
+            content = content + curve[0, 0][:, None]
         shift = int(torch.randint(0, a.max_shift + 1, ()).item()) if a.max_shift > 0 else 0
         shift = min(shift, frames - content.shape[-1])
         out = torch.full_like(x, self.pad)

@@ -377,6 +377,29 @@ def test_fine_tune_from_checkpoint(compose, checkpoint, model, tmp_path):
     assert not any(p.requires_grad for p in tuned.anchor.parameters())
 
 
+def test_lora_from_checkpoint(compose, checkpoint, model, tmp_path):
+    """finetune=lora on ImageBind's layout: only the audio encoder changes; the adapters load onto
+    the checkpoint and embed as the merged model does."""
+    pytest.importorskip("peft")
+    from binder.training import train
+
+    run_dir = tmp_path / "run"
+    metrics = train(compose(["modality=audio", "data=manifest", f"data.path={_manifest(tmp_path)}",
+                             "data.batch_size=2", "data.num_workers=0", "trainer.fast_dev_run=true",
+                             "trainer.enable_progress_bar=false", f"init_from={checkpoint}", f"run_dir={run_dir}",
+                             "finetune=lora", "finetune.rank=2"]))
+    width, depth = model.encoders["audio"].cfg.width, model.encoders["audio"].cfg.depth
+    assert metrics["finetune"]["trainable_parameters"] == depth * 2 * ((width + 3 * width) + (width + width))
+    merged, pair = binder.load(run_dir / "model"), binder.load(checkpoint, adapters=run_dir / "adapters")
+    before, after = model.state_dict(), merged.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(k.startswith("encoders.audio.blocks.") for k in changed), changed[:5]
+    x = tensor_inputs()["audio"]
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(merged.encode("audio", x), pair.encode("audio", x))
+    assert cos.min() >= 0.9999
+
+
 # ----------------------------------------------------------------------------------------------
 # By name and by URL (a local HTTP server stands in for dl.fbaipublicfiles.com)
 # ----------------------------------------------------------------------------------------------

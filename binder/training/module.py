@@ -120,6 +120,13 @@ class BindingModule(L.LightningModule):
             if params:
                 torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
+    def on_train_epoch_start(self) -> None:
+        """What is frozen also stays in eval mode (no dropout noise, no running statistics moving)."""
+        from binder.training.finetune import frozen_modules
+
+        for part in frozen_modules(self.model):
+            part.eval()
+
     def configure_optimizers(self) -> Dict[str, Any]:
         return configure_adamw(self.trainer, [*self.model.encoders.items(), *self.model.heads.items()], self.optim_cfg,
                                fused=self.fused_adamw)

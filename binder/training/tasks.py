@@ -8,9 +8,11 @@ from. Paths, the data and every config group are checked before anything expensi
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -22,13 +24,14 @@ from binder.arithmetic import calibrate_from_datamodule
 from binder.config import build_dataclass, check_keys, instantiate, to_dict
 from binder.errors import BinderConfigError
 from binder.evaluation import EvalConfig, digits_row, evaluate_inputs, format_table, write_json, write_metrics
-from binder.io import load, save
+from binder.io import load
 from binder.model import BindModel
 from binder.registry import build_config, get_modality
 from binder.training.cache import cache_settings, cache_spec, make_cache, open_cache
 from binder.training.checkpoints import resume_checkpoint
 from binder.training.data import build_datamodule, check_data
 from binder.training.distributed import RankAgreement, config_digest
+from binder.training.finetune import check_base, finetune_config, prepare, save_outputs
 from binder.training.module import BindingModule
 from binder.training.speed import SpeedConfig, apply_to_model, describe, gpu_planned, is_oom, oom_error, resolve
 from binder.training.optim import OptimConfig
@@ -87,13 +90,21 @@ def ensure_anchor(node: Any) -> None:
 
 def build_model(cfg: DictConfig) -> BindModel:
     """The anchor (built first if its recipe says so) plus the run's modalities, or the saved
-    model named by ``init_from`` (which brings its own anchor) for fine-tuning."""
+    model named by ``init_from`` (which brings its own anchor) for fine-tuning. A modality the
+    saved model binds keeps its saved settings, except train-time ones (``augment``), which the
+    run's config gives."""
     configs = {name: build_config(name, node) for name, node in cfg.modality.items()}
-    if cfg.get("init_from"):
+    ft = finetune_config(cfg)
+    if not cfg.get("init_from"):
+        check_base(ft, [], list(configs), None)
+    else:
         model = load(cfg.init_from)
+        check_base(ft, model.bound_modalities, list(configs), cfg.init_from)
         for name, mod_cfg in configs.items():
             if name not in model.bound_modalities:
                 model.add_modality(name, mod_cfg)
+            elif hasattr(mod_cfg, "augment") and hasattr(model.configs[name], "augment"):
+                model.configs[name] = dataclasses.replace(model.configs[name], augment=mod_cfg.augment)
         log.info("initialised from %s", cfg.init_from)
         return model
     ensure_anchor(cfg.anchor)
@@ -128,6 +139,10 @@ def device_features(datamodule: Any, module: BindingModule, speed: SpeedConfig) 
         return []
     names = [m for m in datamodule.modalities if hasattr(datamodule.preprocessors[m], "raw")
              and hasattr(datamodule.preprocessors[m], "features")]
+    waveform = [m for m in names if getattr(datamodule.augments.get(m), "variants", 0)]
+    if waveform:  # speed, pitch, noise and room responses change the waveform: they stay in the loader
+        log.info("speed: %s keep features in the loader (waveform augmentation)", ", ".join(waveform))
+        names = [m for m in names if m not in waveform]
     datamodule.device_features = set(names)
     module.device_augments = {m: datamodule.augments[m] for m in names if datamodule.augments.get(m) is not None}
     if names:
@@ -207,8 +222,10 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     ckpt_path = resume_checkpoint(cfg, run_dir)  # before anything expensive
     data = check_data(cfg.data, modalities, cfg.target)
     check_groups(cfg)
+    ft = finetune_config(cfg)
     header(cfg, modalities, data, run_dir)
     model = build_model(cfg)
+    tuning = prepare(model, ft, modalities)
     datamodule = build_datamodule(cfg.data, model, modalities, cfg.target)
     datamodule.use_cache(open_cache(cfg, model, datamodule))
     speed = speed_config(cfg)
@@ -218,6 +235,7 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     module = BindingModule(model, optim_config(cfg), target=cfg.target, fused_adamw=speed.fused_adamw == "true")
     device_features(datamodule, module, speed)
     trainer = make_trainer(cfg, run_dir)
+    start = time.perf_counter()
     fit(trainer, module, datamodule, ckpt_path, modalities, cfg, speed)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; no model was saved")
@@ -225,12 +243,14 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
         return {"modalities": modalities, "target": cfg.target, "rank": trainer.global_rank}
     if cfg.target == "image" and not cfg.trainer.get("fast_dev_run"):
         calibrate_from_datamodule(model, datamodule)  # compose()'s per-modality spreads, saved with the model
-    model_dir = save(model, run_dir / "model")
+    tuning["fit_seconds"] = round(time.perf_counter() - start, 1)
+    model_dir = save_outputs(model, ft, run_dir, cfg.get("init_from"))
     rows: Dict[str, Any] = {}
     if cfg.eval.zero_shot and not cfg.trainer.get("fast_dev_run"):
         for m in modalities:
             rows.update(evaluate(model, datamodule, m, cfg))
-    metrics = {"modalities": modalities, "target": cfg.target, "zero_shot": rows, "model_dir": str(model_dir)}
+    metrics = {"modalities": modalities, "target": cfg.target, "zero_shot": rows, "model_dir": str(model_dir),
+               "finetune": tuning}
     skipped = {m: n for m, n in module.skipped.items() if n}
     if skipped:
         log.warning("unreadable samples skipped in training: %s", skipped)

@@ -1,0 +1,138 @@
+"""Leave-one-speaker-out: how well an audio recipe holds on a speaker it never heard.
+
+The digits world's audio holds five FSDD speakers. For each one, the run's recipe (its
+``modality.audio`` settings, augmentation included, and everything else of the config) trains
+the audio encoder against images on the other four speakers' recordings and measures emergent
+audio -> text top-1 on every recording of the held-out one (``data.holdout=speakers``); one more
+run holds out takes 0-4 of every speaker (the quick start's split), for comparison. Folds are
+ordinary runs in ``<run>/<speaker>`` and ``<run>/takes``; a finished fold is reused when the
+command runs again in the same folder (``hydra.run.dir=<run>``). ``speakers.md`` and
+``speakers.json`` in the run folder get the table (rewritten after every fold).
+
+    binder train experiment=leave_one_speaker_out
+    binder train experiment=leave_one_speaker_out modality.audio.augment.variants=0   # another recipe
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from binder.config import SCHEMAS, build_dataclass
+from binder.errors import BinderConfigError
+from binder.evaluation import write_metrics
+from binder.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+TAKES = "takes"
+GOALS = {"mean": 85.0, "worst": 75.0}
+
+
+@dataclass
+class SpeakersConfig:
+    """The ``speakers`` node of ``experiment=leave_one_speaker_out``."""
+
+    speakers: Optional[List[str]] = None  # speakers to hold out in turn; None: every FSDD speaker
+    takes: bool = True  # also run the held-out-takes split (takes 0-4 of every speaker)
+
+
+SCHEMAS.register("recipe/speakers", SpeakersConfig)
+
+
+def _speakers(cfg: DictConfig, chosen: Optional[List[str]]) -> List[str]:
+    from binder.datasets.digits import DigitsConfig
+    from binder.datasets.fsdd import list_recordings
+    from binder.datasets.paths import data_root
+
+    root = data_root(build_dataclass(DigitsConfig, {k: v for k, v in cfg.data.items() if k != "_target_"},
+                                     "data").root)
+    every = sorted({r.speaker for r in list_recordings(root / "fsdd")})
+    unknown = sorted(set(chosen or []) - set(every))
+    if unknown:
+        raise BinderConfigError(f"speakers.speakers: {unknown} are not FSDD speakers of {root / 'fsdd'} ({every})")
+    return list(chosen) if chosen else every
+
+
+def fold_config(cfg: DictConfig, fold: str, run_dir: Path) -> DictConfig:
+    """The run's config for one fold: a speaker held out, or (``takes``) takes 0-4 held out."""
+    sub = OmegaConf.to_container(cfg, resolve=False)  # ${run_dir} (checkpoints, logs) then points into the fold
+    sub["task"], sub["run_dir"] = "binder.training.bind", str(run_dir / fold)
+    sub.pop("speakers", None)
+    data = dict(sub["data"])
+    if fold == TAKES:
+        data.update(holdout="takes")
+    else:
+        data.update(holdout="speakers", test_speakers=[fold])
+    sub["data"] = data
+    return OmegaConf.create(sub)
+
+
+def _finished(fold_dir: Path) -> Optional[Dict[str, Any]]:
+    """A fold's metrics, when a run finished it (bind writes metrics.json last)."""
+    path = fold_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("zero_shot") else None
+
+
+def table(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """``{fold: fold summary}`` -> the study's summary (per speaker, mean, worst, takes)."""
+    speakers = {k: v for k, v in results.items() if k != TAKES}
+    top1 = [v["top1"] for v in speakers.values()]
+    out: Dict[str, Any] = {"folds": results}
+    if top1:
+        worst = min(speakers, key=lambda k: speakers[k]["top1"])
+        out.update(mean=round(sum(top1) / len(top1), 2), worst=worst, worst_top1=speakers[worst]["top1"],
+                   goals=GOALS, met=bool(sum(top1) / len(top1) >= GOALS["mean"]
+                                         and speakers[worst]["top1"] >= GOALS["worst"]))
+    return out
+
+
+def format_table(summary: Dict[str, Any]) -> str:
+    """Markdown: one row per fold, then the mean and the worst speaker."""
+    lines = ["| held out | emergent audio->text top-1 | top-5 | n | training time (s) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for fold, row in summary["folds"].items():
+        name = "takes 0-4 (every speaker)" if fold == TAKES else f"speaker {fold}"
+        lines.append(f"| {name} | {row['top1']:.1f} | {row['top5']:.1f} | {row['n']} | {row.get('seconds', 0):.0f} |")
+    if "mean" in summary:
+        lines.append(f"| **mean over speakers** | **{summary['mean']:.1f}** | | | |")
+        lines.append(f"| worst speaker ({summary['worst']}) | {summary['worst_top1']:.1f} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    """Train and evaluate every fold (reusing finished ones); write the table."""
+    from binder.training import bind, require_one, modalities_of
+
+    if require_one(modalities_of(cfg), "leave_one_speaker_out") != "audio":
+        raise BinderConfigError("leave_one_speaker_out measures the audio modality: use modality=audio")
+    if not str(cfg.data.get("_target_", "")).endswith("DigitsDataModule"):
+        raise BinderConfigError("leave_one_speaker_out needs the digits world's FSDD speakers (data=digits)")
+    options = build_dataclass(SpeakersConfig, cfg.get("speakers") or {}, "speakers")
+    folds = _speakers(cfg, options.speakers) + ([TAKES] if options.takes else [])
+    run_dir = Path(cfg.run_dir).resolve()
+    results: Dict[str, Dict[str, Any]] = {}
+    for fold in folds:
+        metrics = _finished(run_dir / fold)
+        start = time.perf_counter()
+        if metrics is None:
+            log.info("leave-one-speaker-out: fold %s", fold)
+            metrics = bind(fold_config(cfg, fold, run_dir))
+        else:
+            log.info("leave-one-speaker-out: fold %s reused from %s", fold, run_dir / fold)
+        row = dict(next(iter(metrics["zero_shot"].values())))
+        row["seconds"] = (metrics.get("finetune") or {}).get("fit_seconds", round(time.perf_counter() - start, 1))
+        results[fold] = row
+        summary = table(results)
+        atomic_write(run_dir / "speakers.md", format_table(summary))
+        write_metrics(run_dir / "speakers.json", summary)
+    log.info("leave-one-speaker-out (emergent audio->text top-1, %%):\n%s", format_table(summary))
+    return summary
