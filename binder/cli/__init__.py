@@ -4,7 +4,7 @@
 ``binder modalities``, ``binder models`` (:mod:`binder.cli.train`); ``binder index
 build|add|delete|info`` (:mod:`binder.cli.index`); ``binder search`` and ``binder embed``
 (:mod:`binder.cli.search`); ``binder serve`` (:mod:`binder.cli.serve`); ``binder eval``
-(:mod:`binder.cli.eval`).
+(:mod:`binder.cli.eval`); ``binder export`` (:mod:`binder.cli.export`).
 
 argparse, not Typer or Click: ``binder train`` must hand its arguments to Hydra untouched
 (``modality=[audio,depth]``, ``+trainer.limit_train_batches=2``, ``--multirun``, ``--cfg job``),
@@ -20,7 +20,8 @@ import logging
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-GROUPS = ("binder.cli.train", "binder.cli.index", "binder.cli.search", "binder.cli.serve", "binder.cli.eval")
+GROUPS = ("binder.cli.train", "binder.cli.index", "binder.cli.search", "binder.cli.serve", "binder.cli.eval",
+          "binder.cli.export")
 PASSTHROUGH = ("train", "download")  # everything after these commands is theirs (Hydra, the downloader)
 
 EXAMPLES = """examples:
@@ -38,6 +39,7 @@ EXAMPLES = """examples:
   binder embed --model M --modality audio clips/ -o vectors.parquet
   binder serve photos.idx --model M                a local search page
   binder eval --model M --dataset esc50 --root ~/data/ESC-50 --json esc50.json
+  binder export M --format onnx -o M.onnx --quantize int8    ONNX graphs for onnxruntime
 """
 
 Handler = Callable[[argparse.Namespace], int]
