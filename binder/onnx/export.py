@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -142,7 +142,8 @@ def anchor_record(model: Any) -> Dict[str, Any]:
             "tokenizer": {"kind": "clip_bpe", "context_length": int(tokenizer.context_length)}}
 
 
-def export_onnx(model: Any, path: "str | Path", quantize: Optional[str] = None, source: str = "") -> Path:
+def export_onnx(model: Any, path: "str | Path", quantize: Optional[str] = None, source: str = "",
+                only: Optional[List[str]] = None) -> Path:
     """Write ``model`` as ONNX graphs with their preprocessing config to the folder ``path``
     (atomically replacing one there) and return it.
 
@@ -151,6 +152,7 @@ def export_onnx(model: Any, path: "str | Path", quantize: Optional[str] = None, 
         path: The folder to write.
         quantize: None (float32) or ``"int8"`` (dynamic quantization of the matrix products).
         source: Where the model came from (recorded).
+        only: Export only these modalities' graphs (default: every modality the model embeds).
 
     Raises:
         BinderInputError: an encoder that cannot be traced (naming it), an unknown ``quantize``.
@@ -164,7 +166,10 @@ def export_onnx(model: Any, path: "str | Path", quantize: Optional[str] = None, 
     anchor = anchor_record(model)  # before any tracing: a tokenizer the runtime cannot rebuild is refused
     with atomic_folder(path) as tmp:
         graphs = {}
-        for modality in model.modalities:
+        wanted = [m for m in model.modalities if only is None or m in only]
+        if not wanted:
+            raise BinderInputError(f"nothing to export: the model embeds {model.modalities}, asked for {only}")
+        for modality in wanted:
             name = f"{modality}.onnx"
             log.info("exporting %s", modality)
             traced = tmp / (f"{modality}.float.onnx" if quantize else name)

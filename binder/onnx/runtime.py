@@ -44,6 +44,8 @@ class OnnxAnchor:
         image = dict(record["image"])
         image["size"], image["mean"], image["std"] = (tuple(image[k]) for k in ("size", "mean", "std"))
         self.embed_dim, self._fingerprint = int(record["embed_dim"]), str(record["fingerprint"])
+        self.record = record
+        self.encode: Any = None  # the model's encode (set by OnnxModel)
         self._image = ImageConfig(**image)
         cfg = PreprocessCfg(size=self._image.size, mean=self._image.mean, std=self._image.std,
                                       interpolation=self._image.interpolation, resize_mode=self._image.resize_mode,
@@ -53,6 +55,10 @@ class OnnxAnchor:
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    def describe(self) -> Dict[str, Any]:
+        """The exported anchor's description (its kind and fingerprint; the weights are the graphs)."""
+        return {"kind": self.kind, "exported_from": self.record.get("kind"), "fingerprint": self._fingerprint}
 
     def image_config(self) -> ImageConfig:
         return self._image
@@ -69,8 +75,16 @@ class OnnxAnchor:
             raise BinderInputError(f"text input {bad[0]} is a {bad[1]}, expected a string")
         return self.tokenizer(texts)
 
-    def parameters(self) -> List[Any]:  # what some callers ask of an anchor (its dtype)
-        return [torch.zeros(())]
+    def parameters(self) -> Any:  # what some callers ask of an anchor (its device and dtype)
+        return iter([torch.zeros(())])
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images -> unit embeddings, through the model's image graph."""
+        return self.encode("image", images)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids -> unit embeddings, through the model's text graph."""
+        return self.encode("text", tokens)
 
 
 def read_onnx_config(path: Path) -> Dict[str, Any]:
@@ -118,6 +132,7 @@ class OnnxModel(EmbedMixin):
     def __init__(self, path: Path, config: Dict[str, Any], threads: Optional[int] = None) -> None:
         self.path, self.config, self.threads = path, config, threads
         self.anchor = OnnxAnchor(config["anchor"])
+        self.anchor.encode = self.encode
         self.graphs: Dict[str, Dict[str, Any]] = dict(config["graphs"])
         self.configs = {m: build_config(m, values) for m, values in config["modalities"].items()}
         self.preprocessors: Dict[str, Any] = {}
