@@ -69,19 +69,17 @@ def log_mel(clips: torch.Tensor, sample_rate: int, num_mel_bins: int = 128, fram
         raise ValueError(f"clips of {clips.shape[-1]} samples are shorter than one {window}-sample window")
     win, bands = _filters(int(sample_rate), window, padded, int(num_mel_bins), window_type)
     x = clips.float()  # (B, T)
-    # Per frame, Kaldi removes the mean m, then pre-emphasises: y[j] = (x[j] - m) - 0.97 (x[j-1] - m)
-    # = e[j] - 0.03 m with e the pre-emphasis of the whole clip, and y[0] = 0.03 (x[0] - m).
-    emphasised = torch.empty_like(x)
-    emphasised[:, 1:] = x[:, 1:] - PREEMPHASIS * x[:, :-1]
-    emphasised[:, 0] = x[:, 0]
-    means = x.unfold(-1, window, shift).mean(-1, keepdim=True)  # (B, frames, 1)
-    frames = torch.zeros(*means.shape[:2], padded, dtype=torch.float32)  # (B, frames, padded): zero-padded
+    strided = x.unfold(-1, window, shift)  # (B, frames, window), a view
+    frames = torch.zeros(*strided.shape[:2], padded, dtype=torch.float32)  # (B, frames, padded): zero-padded
     body = frames[..., :window]
-    body.copy_(emphasised.unfold(-1, window, shift))
-    body[..., 0] = x.unfold(-1, window, shift)[..., 0] * (1.0 - PREEMPHASIS)
-    body.sub_(means * (1.0 - PREEMPHASIS)).mul_(win)
+    body.copy_(strided)
+    body.sub_(body.mean(-1, keepdim=True))  # each frame's DC offset, then pre-emphasis as Kaldi orders it:
+    previous = body[..., :-1] * PREEMPHASIS  # y[j] = f[j] - 0.97 f[j - 1], y[0] = f[0] - 0.97 f[0]
+    body[..., 1:] -= previous
+    body[..., 0] *= 1.0 - PREEMPHASIS
+    body.mul_(win)
     spectrum = torch.view_as_real(torch.fft.rfft(frames))  # (B, frames, padded // 2 + 1, 2)
-    power = spectrum[..., 0].square() + spectrum[..., 1].square()  # (B, frames, bins)
+    power = spectrum[..., 0].square() + spectrum[..., 1].square()  # |X|^2 (a quarter of abs().pow(2)'s time)
     mel = torch.empty(*power.shape[:2], num_mel_bins, dtype=torch.float32)
     for m0, m1, b0, b1, weights in bands:
         mel[..., m0:m1] = torch.matmul(power[..., b0:b1], weights)
