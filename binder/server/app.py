@@ -122,8 +122,7 @@ def create_app(index: Any, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAI
             fields: Dict[str, str] = {}
             try:
                 uploads, fields = await read_form(request, Path(tmp), page.file_fields)
-                await run_in_threadpool(index.refresh)
-                result = await run_in_threadpool(run_query, index, uploads, fields)
+                result = await run_in_threadpool(refreshed_query, index, uploads, fields)
                 return 200, result, fields, echo(uploads, fields.get("text", ""))
             except FormError as err:
                 return err.status, str(err), fields, []
@@ -158,6 +157,12 @@ def create_app(index: Any, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAI
         return serve_media(index, item_id, page)
 
     return app
+
+
+def refreshed_query(index: Any, uploads: Dict[str, Any], fields: Dict[str, str]) -> Any:
+    """Follow what other processes published, then run the query (one worker-thread hop)."""
+    index.refresh()
+    return run_query(index, uploads, fields)
 
 
 def serve_media(index: Any, item_id: str, page: Page) -> Response:

@@ -4,20 +4,22 @@ Each request reads and preprocesses its own inputs in a worker thread (in parall
 event loop); the encoder calls go to one :class:`Batcher` thread, which takes every call waiting
 for the same modality and input shape, at most ``max_batch`` items, waiting at most
 ``max_wait`` seconds after the first for others to join, and runs them as one batch (the way
-inference servers such as Triton batch dynamically). Under load a batch forms while the previous
-one runs, so the wait costs nothing; alone, a query waits ``max_wait`` at most.
+inference servers such as Triton batch dynamically). It waits only while other queries are under
+way (:meth:`Batcher.query` counts them), so a query alone never waits; under load a batch forms
+while the previous one runs.
 
 :class:`BatchedModel` is the model the page's index searches with: it is the loaded model in
 every respect but ``encode``, which goes through the batcher.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -38,6 +40,8 @@ class Batcher:
         self._queue: "queue.Queue[Optional[Tuple[str, torch.Tensor, Future]]]" = queue.Queue()
         self._held: List[Tuple[str, torch.Tensor, Future]] = []  # taken, for a later batch
         self.batches = self.items = 0  # counters: encoder calls made, inputs embedded
+        self.active = 0  # queries under way (reading, preprocessing or waiting for their embeddings)
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="binder-batcher", daemon=True)
         self._thread.start()
 
@@ -49,6 +53,18 @@ class Batcher:
         done: Future = Future()
         self._queue.put((modality, x, done))
         return done.result()
+
+    @contextlib.contextmanager
+    def query(self) -> Iterator[None]:
+        """Count a query as under way while it runs: the batcher waits for others only while
+        there are others."""
+        with self._lock:
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
 
     def close(self) -> None:
         self._queue.put(None)
@@ -75,7 +91,7 @@ class Batcher:
                 keep.append(held)
         self._held = keep
         deadline = time.monotonic() + self.max_wait
-        while size < self.max_batch:
+        while size < self.max_batch and len(batch) < self.active:  # others under way may join
             call = self._next(deadline - time.monotonic())
             if call is None:
                 break
@@ -131,7 +147,9 @@ class BatchedModel(EmbedMixin):
     def train(self, mode: bool = True) -> "BatchedModel":
         return self
 
-    compose = BindModel.compose
+    def compose(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with self.batcher.query():
+            return BindModel.compose(self, *args, **kwargs)
 
     @property
     def stats(self) -> Dict[str, int]:
