@@ -9,7 +9,8 @@ thing registered, never by this one:
 - :data:`ARCHITECTURES`: the ``architecture`` of a saved ``config.json`` -> the model class that
   rebuilds it (``bind``: :class:`binder.model.BindModel`; ``imagebind``).
 - :data:`FORMATS`: formats of saved models -> a :class:`Format` that recognises and loads one
-  (``binder``: a model folder, :mod:`binder.io`; ``imagebind``: the official checkpoint).
+  (``binder``: a model folder, :mod:`binder.io`; ``imagebind``: the official checkpoint; ``onnx``:
+  an ONNX export, :mod:`binder.onnx.runtime`).
 
 Third-party packages add to them through the entry-point groups ``binder.models``,
 ``binder.architectures`` and ``binder.formats``. This module imports nothing heavy.
@@ -27,7 +28,8 @@ ModelFactory = Callable[..., Any]
 
 class Format(Protocol):
     """A way models are stored: ``recognises(path)`` says whether a file or folder is one,
-    ``load(path, device=..., verify=..., **options)`` returns the model."""
+    ``load(path, device=..., verify=..., **options)`` returns the model. A format may name the
+    ``runtimes`` it loads into (default: ``("torch",)``)."""
 
     name: str
 
@@ -40,7 +42,8 @@ MODELS: Registry = Registry("model", group="binder.models", builtin=("binder.mod
                             error=ModelLoadError)
 ARCHITECTURES: Registry = Registry("model architecture", group="binder.architectures",
                                    builtin=("binder.model", "binder.imagebind"), error=ModelLoadError)
-FORMATS: Registry = Registry("model format", group="binder.formats", builtin=("binder.io", "binder.imagebind"),
+FORMATS: Registry = Registry("model format", group="binder.formats",
+                             builtin=("binder.io", "binder.imagebind", "binder.onnx.runtime"),
                              check=protocol_check(Format), error=ModelLoadError)
 
 

@@ -238,7 +238,8 @@ def _open_clip_model(source: str, pretrained: Optional[str], device: "str | torc
 
 def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: bool = True,
          revision: Optional[str] = None, pretrained: Optional[str] = None,
-         modalities: Optional[Sequence[str]] = None, adapters: "Optional[str | Path]" = None) -> Any:
+         modalities: Optional[Sequence[str]] = None, adapters: "Optional[str | Path]" = None,
+         runtime: Optional[str] = None) -> Any:
     """Load a model from any of these sources:
 
     * a folder written by :func:`save` / ``save_pretrained`` (e.g. a run's ``outputs/.../model``);
@@ -262,6 +263,8 @@ def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: 
         modalities: ImageBind checkpoints only: the bound modalities to load (default all).
         adapters: A LoRA adapter folder (``binder train ... finetune=lora`` writes ``<run>/adapters``)
             to put onto the loaded model; refused unless it was trained on this very base.
+        runtime: ``torch`` or ``onnx`` (a folder written by ``binder export --format onnx``, run
+            by onnxruntime); None: the format's own.
 
     Raises:
         ModelLoadError: one error naming the source and what was expected.
@@ -289,7 +292,13 @@ def _load(source: "str | Path", device: "str | torch.device", verify: bool, revi
         return create_model(text, pretrained=True, **options)
     resolved = resolve(text, revision=revision, verify=verify)
     kind = resolved.kind if resolved.kind in FORMATS else recognise(resolved.path)
-    return FORMATS.get(kind).load(resolved.path, **options)
+    fmt = FORMATS.get(kind)
+    runtimes = getattr(fmt, "runtimes", ("torch",))
+    if runtime is not None and runtime not in runtimes:
+        hint = " (export it first: binder export MODEL --format onnx -o DIR)" if runtime == "onnx" else ""
+        raise ModelLoadError(f"{text!r} is a {kind} model, which loads into the {'/'.join(runtimes)} runtime, not "
+                             f"{runtime!r}{hint}")
+    return fmt.load(resolved.path, **options)
 
 
 class HubMixin:

@@ -35,7 +35,7 @@ from einops import rearrange
 
 from binder.clips import POLICIES, imagebind_ranges, sample_starts
 from binder.errors import BinderConfigError, BinderInputError, check_rate, existing_file
-from binder.fbank import seconds_to_samples
+from binder.fbank import frame_sizes, log_mel, resample, seconds_to_samples
 from binder.layers import EncoderOverrides, Trunk, TrunkConfig, trunk_config
 from binder.modality import ModalityConfig
 from binder.registry import ModalitySpec, register_modality
@@ -176,6 +176,11 @@ def _to_float_array(x: Any, name: str) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
+PCM = {"PCM_16": ("int16", 2.0 ** -15), "PCM_24": ("int32", 2.0 ** -31)}
+"""Integer WAV/FLAC subtypes read as integers and scaled exactly as libsndfile scales them to
+float (a power of two), an eighth of the time its float conversion takes."""
+
+
 class AudioPreprocessor:
     """Raw audio (file path, array or tensor + sample rate) -> clips (K, 1, mel, frames)."""
 
@@ -183,27 +188,35 @@ class AudioPreprocessor:
         self.cfg = cfg
 
     def read(self, path: "str | Path") -> tuple:
-        """Read an audio file with soundfile -> (float32 samples (C, T), sample rate); a file whose
+        """Read an audio file with soundfile -> (float32 samples (C, T), contiguous, and the sample
+        rate); a file whose
         header promises more audio than it holds (a truncated download) is read as far as it
         goes, with a warning naming it."""
         path = existing_file(path, "audio", "an audio file")
         try:
-            info = sf.info(str(path))
-            data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
+            with sf.SoundFile(str(path)) as f:
+                extra, sr, pcm = f.extra_info, f.samplerate, PCM.get(f.subtype)
+                if pcm is not None:  # integer PCM: read as integers, scaled here (libsndfile's float values)
+                    raw = f.read(dtype=pcm[0], always_2d=True)  # (T, C)
+                    data = np.empty(raw.shape[::-1], dtype=np.float32)
+                    np.multiply(raw.T, np.float32(pcm[1]), out=data)
+                else:
+                    data = np.ascontiguousarray(f.read(dtype="float32", always_2d=True).T)
         except Exception as err:
             raise BinderInputError(f"audio file {str(path)!r} is not readable audio: {err}") from err
-        short = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info or "")
+        short = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", extra or "")
         if short and int(short.group(2)) < int(short.group(1)):
             log.warning("audio file %r is truncated: its header declares %s bytes of audio, the file holds %s; "
-                        "using the %.2f s that are there", str(path), short.group(1), short.group(2), len(data) / sr)
-        return data.T, int(sr)
+                        "using the %.2f s that are there", str(path), short.group(1), short.group(2),
+                        data.shape[1] / sr)
+        return data, int(sr)
 
     def waveform(self, item: Any, sample_rate: Optional[int] = None) -> torch.Tensor:
         """Any accepted input -> validated waveform (C, T) at ``cfg.sample_rate``: one averaged
         channel (``channels: mix``) or every channel (``first``, resampled one by one as ImageBind)."""
         wave, rate = self.source(item, sample_rate)
         if rate != self.cfg.sample_rate:
-            wave = torchaudio.functional.resample(wave, rate, self.cfg.sample_rate)
+            wave = resample(wave, rate, self.cfg.sample_rate)
         return wave
 
     def source(self, item: Any, sample_rate: Optional[int] = None) -> Tuple[torch.Tensor, int]:
@@ -256,7 +269,7 @@ class AudioPreprocessor:
         waves = rearrange(raw["wave"], "b k t -> (b k) t")
         lengths = rearrange(raw["length"], "b k -> (b k)")
         rates = [int(r) for r in raw["rate"].repeat_interleave(k).tolist()]
-        waves, lengths = fbank.resample(waves, lengths, rates, cfg.sample_rate)
+        waves, lengths = fbank.resample_batch(waves, lengths, rates, cfg.sample_rate)
         mel = fbank.fbank(fbank.centred(waves, lengths), lengths, cfg.sample_rate, cfg.num_mel_bins,
                           cfg.frame_length_ms, cfg.frame_shift_ms)  # (B K, mel, F)
         mel = (fbank.fit_frames(mel, cfg.target_length) - cfg.mean) / cfg.std
@@ -268,18 +281,22 @@ class AudioPreprocessor:
         segment = segment if segment.ndim == 2 else segment[None]  # (C, T)
         if center:
             segment = segment - segment.mean()
-        x = segment[0]
-        min_len = int(self.cfg.sample_rate * self.cfg.frame_length_ms / 1000)
-        if x.numel() < min_len:
-            x = torch.nn.functional.pad(x, (0, min_len - x.numel()))
-        mel = torchaudio.compliance.kaldi.fbank(
-            x[None], htk_compat=True, sample_frequency=self.cfg.sample_rate, use_energy=False,
-            window_type="hanning", num_mel_bins=self.cfg.num_mel_bins, dither=0.0,
-            frame_length=self.cfg.frame_length_ms, frame_shift=self.cfg.frame_shift_ms,
-        ).T  # (mel, frames)
-        pad = self.cfg.target_length - mel.shape[1]
-        mel = torch.nn.functional.pad(mel, (0, pad)) if pad > 0 else mel[:, : self.cfg.target_length]
-        return ((mel - self.cfg.mean) / self.cfg.std)[None]  # (1, mel, frames)
+        return self.log_mel(segment[0][None])[0]
+
+    def log_mel(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clips (K, T) of one length -> normalised log-mel (K, 1, mel, frames): Kaldi filterbanks
+        computed for all clips at once (:func:`binder.fbank.log_mel`), each right-padded with
+        silence or cropped to ``target_length`` frames. Clips shorter than one window are padded
+        with zeros to one window first."""
+        cfg = self.cfg
+        window, _, _ = frame_sizes(cfg.sample_rate, cfg.frame_length_ms, cfg.frame_shift_ms)
+        if clips.shape[-1] < window:
+            clips = torch.nn.functional.pad(clips, (0, window - clips.shape[-1]))
+        mel = log_mel(clips, cfg.sample_rate, cfg.num_mel_bins, cfg.frame_length_ms, cfg.frame_shift_ms)
+        mel = mel.transpose(1, 2)  # (K, mel, frames)
+        pad = cfg.target_length - mel.shape[-1]
+        mel = torch.nn.functional.pad(mel, (0, pad)) if pad > 0 else mel[..., : cfg.target_length]
+        return ((mel - cfg.mean) / cfg.std)[:, None]  # (K, 1, mel, frames)
 
     def ranges(self, num_samples: int, num_clips: int, train: bool) -> list:
         """Sample ranges [a, b) of the clips (see :mod:`binder.clips`)."""
@@ -288,6 +305,29 @@ class AudioPreprocessor:
         clip = int(round(self.cfg.clip_duration * self.cfg.sample_rate))
         return [(s, s + clip) for s in sample_starts(num_samples, clip, num_clips, self.cfg.clip_policy, train)]
 
+    def clips(self, wave: torch.Tensor, ranges: list) -> "tuple[list, list]":
+        """The first channel of each clip after its mean (over all channels) is removed -> (the
+        distinct clips, each (T',), and which of them each range is).
+
+        ``imagebind`` removes each clip's mean in place on the whole recording, as
+        ``imagebind/data.py`` does, so a clip overlapping an earlier one sees the earlier
+        subtraction too. A range equal to the one before it differs from it only by a constant
+        (its own mean, near zero), which every frame's mean removal takes out: it is computed once."""
+        if self.cfg.clip_policy == "imagebind":
+            buffer, cut = wave.clone(), []
+            for a, b in ranges:
+                view = buffer[:, a:b]
+                view -= view.mean()
+                cut.append(view[0].clone())  # as it is now: a later clip's subtraction must not reach it
+        else:
+            cut = [wave[0, a:b] - wave[:, a:b].mean() for a, b in ranges]
+        distinct, which = [], []
+        for i, (rng, clip) in enumerate(zip(ranges, cut)):
+            if not (i and rng == ranges[i - 1]):
+                distinct.append(clip)
+            which.append(len(distinct) - 1)
+        return distinct, which
+
     def __call__(
         self, item: Any, sample_rate: Optional[int] = None, train: bool = False,
         num_clips: Optional[int] = None,
@@ -295,18 +335,12 @@ class AudioPreprocessor:
         """Preprocess one recording -> (K, 1, mel, frames) with K = ``num_clips`` clips."""
         wave = self.waveform(item, sample_rate)  # (C, T)
         k = num_clips or (1 if train else self.cfg.clips_per_sample)
-        if self.cfg.clip_policy == "imagebind":
-            # imagebind/data.py removes each clip's mean in place on the whole recording, so a
-            # clip overlapping an earlier one sees the earlier subtraction too: the same here.
-            buffer = wave.clone()
-            clips = []
-            for a, b in self.ranges(wave.shape[-1], k, train):
-                view = buffer[:, a:b]
-                view -= view.mean()
-                clips.append(self.fbank(view, center=False))
-        else:
-            clips = [self.fbank(wave[:, a:b]) for a, b in self.ranges(wave.shape[-1], k, train)]
-        clips = torch.stack(clips)  # (K, 1, mel, frames)
+        distinct, which = self.clips(wave, self.ranges(wave.shape[-1], k, train))
+        if len({c.shape[-1] for c in distinct}) == 1:
+            feats = self.log_mel(torch.stack(distinct))  # (U, 1, mel, frames)
+        else:  # clips cut short by the end of the recording
+            feats = torch.cat([self.log_mel(c[None]) for c in distinct])
+        clips = feats[which]  # (K, 1, mel, frames)
         if not torch.isfinite(clips).all():  # e.g. samples of 1e30: the power spectrum overflows
             peak = float(wave.abs().max())
             raise BinderInputError(f"{self._name(item)}: samples too large to analyse (largest magnitude {peak:.3g}); "

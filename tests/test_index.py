@@ -236,10 +236,9 @@ def _recall(idx, queries, vectors):
     return np.mean([len(set(h.ids) & set(e)) / 10 for h, e in zip(hits, exact)])
 
 
-def test_ivf_above_the_threshold_tuned_updated_and_retrained(model, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine_module, "ANN_FROM", 1000)  # auto -> IVF at this size
+def test_ivf_tuned_updated_and_retrained(model, tmp_path, monkeypatch):
     report = _clustered(model, 3000)
-    idx = Index.from_embeddings(model, report, "image", tmp_path / "i")
+    idx = Index.from_embeddings(model, report, "image", tmp_path / "i", kind="ivf")
     engine = idx.engine.vectors
     assert idx.manifest["kind"] == "ivf" and engine.index.nlist == 60  # 3000 / 50 training vectors per list
     assert idx.manifest["search_breadth"] == engine.breadth and idx.manifest["ann_recall_at_10"] >= 0.95

@@ -5,7 +5,8 @@
 :mod:`binder.cli.cache`); ``binder shards pack|info`` (:mod:`binder.cli.shards`); ``binder index
 build|add|delete|info`` (:mod:`binder.cli.index`); ``binder search`` and ``binder embed``
 (:mod:`binder.cli.search`); ``binder serve`` (:mod:`binder.cli.serve`); ``binder eval``
-(:mod:`binder.cli.eval`); ``binder merge-adapters`` (:mod:`binder.cli.adapters`).
+(:mod:`binder.cli.eval`); ``binder merge-adapters`` (:mod:`binder.cli.adapters`); ``binder export``
+(:mod:`binder.cli.export`).
 
 argparse, not Typer or Click: ``binder train`` must hand its arguments to Hydra untouched
 (``modality=[audio,depth]``, ``+trainer.limit_train_batches=2``, ``--multirun``, ``--cfg job``),
@@ -23,7 +24,8 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 GROUPS = ("binder.cli.train", "binder.cli.index", "binder.cli.search", "binder.cli.serve", "binder.cli.eval",
-          "binder.cli.cache", "binder.cli.shards", "binder.cli.adapters")
+          "binder.cli.cache", "binder.cli.shards", "binder.cli.adapters",
+          "binder.cli.export")
 PASSTHROUGH = {"train": "binder.cli.train", "download": "binder.cli.train", "cache": "binder.cli.cache"}
 """Commands whose arguments are all theirs (Hydra, the downloader), and the module that runs them."""
 RELAUNCH = "BINDER_COMMAND"
@@ -50,6 +52,7 @@ EXAMPLES = """examples:
   binder eval --model M --dataset esc50 --root ~/data/ESC-50 --json esc50.json
   binder train modality=audio init_from=M finetune=lora finetune.rank=8     LoRA adapters on a trained model
   binder merge-adapters --model M --adapters RUN/adapters -o merged/        fold them into the model
+  binder export M --format onnx -o M.onnx --quantize int8    ONNX graphs for onnxruntime
 """
 
 Handler = Callable[[argparse.Namespace], int]

@@ -8,7 +8,8 @@ from typing import Any, Callable, Dict
 def serve(args: argparse.Namespace) -> int:
     from binder.server import run_server
 
-    run_server(args.index, args.model, host=args.host, port=args.port)
+    run_server(args.index, args.model, host=args.host, port=args.port, max_batch=args.max_batch,
+               max_wait=args.max_wait_ms / 1000)
     return 0
 
 
@@ -18,4 +19,6 @@ def add_commands(sub: Any) -> Dict[str, Callable[[argparse.Namespace], int]]:
     srv.add_argument("--model", required=True)
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8765)
+    srv.add_argument("--max-batch", type=int, default=32, help="inputs per batched encoder call (1: no batching)")
+    srv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a query waits for others to batch with")
     return {"serve": serve}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -222,7 +223,7 @@ class Index:
         """
         path = Path(path).expanduser().absolute()
         recover(path)
-        if model is not None and not isinstance(model, torch.nn.Module):
+        if isinstance(model, (str, os.PathLike)):
             from binder.io import load
 
             model = load(model)

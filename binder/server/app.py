@@ -13,14 +13,16 @@ their limits; a bad query is a message and a 4xx, never a stack trace; ``/media/
 indexed file only while it is the very file that was indexed (real path, size and time as
 recorded), with the type its content shows, as an attachment when that is not a plain image,
 sound or video; every response carries ``nosniff`` and a Content-Security-Policy that lets the
-page run only its own script. Queries run in worker threads, off the event loop, and follow what
-other processes write to the index.
+page run only its own script. Queries run in worker threads, off the event loop (each reads and
+preprocesses its own inputs), their encoder calls batched across concurrent requests
+(:mod:`binder.server.batching`), and follow what other processes write to the index.
 """
+import contextlib
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -30,6 +32,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
 
 from binder.errors import BinderError
+from binder.server.batching import MAX_BATCH, MAX_WAIT, Batcher, BatchedModel
 from binder.server.forms import MAX_HITS, FormError, echo, read_form, run_query
 from binder.server.media import OCTET, sniff
 from binder.server.render import HERE, hit_views, render
@@ -93,9 +96,22 @@ class Page:
                       warnings=parts.get("warnings", ()), echo=parts.get("echo"), hits=parts.get("hits"))
 
 
-def create_app(index: Any) -> FastAPI:
-    """The FastAPI app for an open index (with its model attached)."""
-    app = FastAPI(title="binder search", docs_url=None, redoc_url=None)
+def create_app(index: Any, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT) -> FastAPI:
+    """The FastAPI app for an open index (with its model attached): concurrent queries' encoder
+    calls are batched, up to ``max_batch`` inputs, waiting at most ``max_wait`` seconds (``max_batch``
+    1: one call per query)."""
+    model = index.model.model if isinstance(index.model, BatchedModel) else index.model
+    batcher = Batcher(model, max_batch, max_wait) if model is not None else None
+    if batcher is not None:
+        index.attach(BatchedModel(model, batcher))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if batcher is not None:
+            batcher.close()
+
+    app = FastAPI(title="binder search", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     page = Page(index)
@@ -106,8 +122,7 @@ def create_app(index: Any) -> FastAPI:
             fields: Dict[str, str] = {}
             try:
                 uploads, fields = await read_form(request, Path(tmp), page.file_fields)
-                await run_in_threadpool(index.refresh)
-                result = await run_in_threadpool(run_query, index, uploads, fields)
+                result = await run_in_threadpool(refreshed_query, index, uploads, fields)
                 return 200, result, fields, echo(uploads, fields.get("text", ""))
             except FormError as err:
                 return err.status, str(err), fields, []
@@ -144,6 +159,12 @@ def create_app(index: Any) -> FastAPI:
     return app
 
 
+def refreshed_query(index: Any, uploads: Dict[str, Any], fields: Dict[str, str]) -> Any:
+    """Follow what other processes published, then run the query (one worker-thread hop)."""
+    index.refresh()
+    return run_query(index, uploads, fields)
+
+
 def serve_media(index: Any, item_id: str, page: Page) -> Response:
     """An indexed file, only while it is the very file that was indexed, typed by its content."""
     if not item_id.isdigit() or len(item_id) > 19 or int(item_id) > MAX_ID:
@@ -171,7 +192,8 @@ def serve_media(index: Any, item_id: str, page: Page) -> Response:
                         filename=Path(item.file.real).name, content_disposition_type="attachment")
 
 
-def run_server(index_path: str, model: str, host: str = "127.0.0.1", port: int = 8765) -> None:
+def run_server(index_path: str, model: str, host: str = "127.0.0.1", port: int = 8765, max_batch: int = MAX_BATCH,
+               max_wait: float = MAX_WAIT) -> None:
     """Open the index with its model and serve the page until interrupted."""
     import uvicorn
 
@@ -180,4 +202,4 @@ def run_server(index_path: str, model: str, host: str = "127.0.0.1", port: int =
 
     index = Index.open(index_path, load(model))
     log.warning("binder search page: http://%s:%d (index %s, %d items)", host, port, index.path, len(index))
-    uvicorn.run(create_app(index), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(index, max_batch, max_wait), host=host, port=port, log_level="warning")

@@ -23,8 +23,9 @@ import numpy as np
 from binder.errors import BinderIndexError, BinderInputError
 from binder.files import FileRecord, file_digest
 from binder.index.engines import ENGINES, Where
+from binder.index.engines import quantized
 from binder.index.engines.metadata import MetadataStore
-from binder.index.engines.vectors import VectorIndex, resolve_kind
+from binder.index.engines.vectors import resolve_kind
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def file_names(generation: int) -> Tuple[str, str]:
-    return f"vectors-{generation}.faiss", f"items-{generation}.sqlite"
+def file_names(generation: int, kind: Optional[str] = None) -> Tuple[str, ...]:
+    """The files of a generation: vectors and items, and for ``ivf_sq8`` the float32 rows."""
+    names: Tuple[str, ...] = (f"vectors-{generation}.faiss", f"items-{generation}.sqlite")
+    return names + ((quantized.rows_name(names[0]),) if kind == quantized.KIND else ())
 
 
 class FaissEngine:
@@ -55,7 +58,7 @@ class FaissEngine:
 
     name = "faiss"
 
-    def __init__(self, folder: Path, vectors: Optional[VectorIndex], store: MetadataStore, generation: int,
+    def __init__(self, folder: Path, vectors: Optional[Any], store: MetadataStore, generation: int,
                  dim: int, kind: str = "auto") -> None:
         self.folder, self.vectors, self.store, self.generation = folder, vectors, store, generation
         self.dim, self.kind = dim, kind
@@ -76,10 +79,10 @@ class FaissEngine:
         """The generation ``index.json`` names, its files checked against the recorded sizes (and
         digests, with ``verify``)."""
         generation = int(manifest.get("generation", 0))
-        names = file_names(generation)
+        names = file_names(generation, manifest["kind"])
         check_files(folder, manifest.get("files", {}), names, verify)
         dim = int(manifest["dim"])
-        vectors = VectorIndex.load(folder / names[0], manifest["kind"], dim, manifest.get("search_breadth"))
+        vectors = quantized.load(folder / names[0], manifest["kind"], dim, manifest)
         store = MetadataStore(folder / names[1], readonly=True)
         if vectors.kind == "hnsw":  # deleted ids stay in an HNSW graph until it is rebuilt
             vectors.tombstones = np.setdiff1d(vectors.ids(), store.all_ids())
@@ -123,7 +126,7 @@ class FaissEngine:
             yield self
             return
         nxt = self.generation + 1
-        names = file_names(nxt)
+        names = file_names(nxt, quantized.KIND)  # every file the next generation may have
         for stale in names:
             (self.folder / stale).unlink(missing_ok=True)
         shutil.copyfile(self.store.path, self.folder / names[1])
@@ -140,7 +143,7 @@ class FaissEngine:
     def add(self, ids: np.ndarray, vectors: np.ndarray, rows: Sequence[Mapping[str, Any]],
             files: Optional[Sequence[Optional[FileRecord]]] = None) -> None:
         if self.vectors is None:
-            self.vectors = VectorIndex(self.dim, resolve_kind(self.kind, len(ids)))
+            self.vectors = quantized.make(self.dim, resolve_kind(self.kind, len(ids)))
         self.store.insert(ids, rows, files)
         self.vectors.add(ids, vectors)
 
@@ -156,24 +159,25 @@ class FaissEngine:
         kind = resolve_kind(requested_kind, len(vectors)) if requested_kind == "auto" else vectors.kind
         if kind != vectors.kind or vectors.needs_rebuild():
             log.info("rebuilding the %s index as %s (%d vectors)", vectors.kind, kind, len(vectors))
-            self.vectors = vectors = vectors.rebuilt(kind)
+            self.vectors = vectors = quantized.rebuild(vectors, kind)
         tuned = vectors.tune() if vectors.breadth is None else {}  # a new or rebuilt index
         self.store.commit()
         self.store.close()
-        vec_name, meta_name = file_names(self.generation)
-        tmp = self.folder / (vec_name + ".tmp")
-        vectors.save(tmp)
-        _fsync(tmp)
-        os.replace(tmp, self.folder / vec_name)
-        _fsync(self.folder / meta_name)
-        self.store = MetadataStore(self.folder / meta_name, readonly=True)
-        files = {n: {"size": (self.folder / n).stat().st_size, "sha256": file_digest(self.folder / n)}
-                 for n in (vec_name, meta_name)}
+        names = file_names(self.generation, vectors.kind)
+        writers = [(names[0], vectors.save)] + ([(names[2], vectors.save_rows)] if len(names) > 2 else [])
+        for name, write in writers:
+            tmp = self.folder / (name + ".tmp")
+            write(tmp)
+            _fsync(tmp)
+            os.replace(tmp, self.folder / name)
+        _fsync(self.folder / names[1])
+        self.store = MetadataStore(self.folder / names[1], readonly=True)
+        files = {n: {"size": (self.folder / n).stat().st_size, "sha256": file_digest(self.folder / n)} for n in names}
         return {"engine": self.name, "kind": vectors.kind, "generation": self.generation, "files": files, **tuned}
 
     def published(self, manifest: Mapping[str, Any]) -> "FaissEngine":
         """``index.json`` names this generation now: remove the files of every other one."""
-        keep = set(file_names(self.generation)) | {"index.json"}
+        keep = set(file_names(self.generation, self.vectors.kind)) | {"index.json"}
         for p in self.folder.iterdir():
             if p.is_file() and p.name not in keep and (p.name.startswith(("vectors-", "items-")) or
                                                       p.name.endswith(".tmp")):

@@ -36,7 +36,7 @@ RECALL_QUERIES = 200  # probe queries for tuning
 IVF_TRAIN_PER_LIST = 50  # k-means training vectors per list (FAISS wants at least 39)
 EXACT_SUBSET = 20_000  # a filter keeping at most this many vectors is searched exactly over them
 REBUILD_AT = 0.1  # rebuild the HNSW graph once tombstones pass this share of it
-KINDS = ("auto", "flat", "ivf", "hnsw")
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivf_sq8")
 
 
 def _faiss():
@@ -46,10 +46,11 @@ def _faiss():
 
 
 def resolve_kind(kind: str, count: int) -> str:
-    """``auto`` -> ``flat`` below :data:`ANN_FROM` vectors, else ``ivf``."""
+    """``auto`` -> ``flat`` below :data:`ANN_FROM` vectors, else ``ivf_sq8`` (8-bit codes in
+    memory, exact re-ranking: :mod:`binder.index.engines.quantized`)."""
     if kind not in KINDS:
         raise BinderInputError(f"index kind must be one of {list(KINDS)}, got {kind!r}")
-    return kind if kind != "auto" else ("ivf" if count >= ANN_FROM else "flat")
+    return kind if kind != "auto" else ("ivf_sq8" if count >= ANN_FROM else "flat")
 
 
 def ivf_lists(count: int) -> int:
@@ -172,7 +173,7 @@ class VectorIndex:
         a, b = rng.choice(live, size=(2, RECALL_QUERIES))
         q = self.vectors(a) + self.vectors(b)  # (Q, D)
         q /= np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)
-        exact = self._exact_topk(q, live, k)
+        exact = exact_topk(self, q, live, k)
         for breadth in BREADTHS[self.kind]:
             self.breadth = breadth
             found = self.search(q, k)[1]
@@ -182,18 +183,6 @@ class VectorIndex:
         log.info("%s search breadth %d: recall@%d %.4f against exact search (%d midpoint probes, target %.2f)",
                  self.kind, self.breadth, k, recall, RECALL_QUERIES, target)
         return {"search_breadth": self.breadth, "ann_recall_at_10": recall}
-
-    def _exact_topk(self, queries: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-        """Exact top-k ids (Q, k) over ``ids``, reading stored vectors in chunks."""
-        best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-        best_i = np.zeros((len(queries), 0), dtype=np.int64)
-        for start in range(0, len(ids), 50_000):
-            part = ids[start : start + 50_000]
-            sims = np.concatenate([best_s, queries @ self.vectors(part).T], axis=1)  # (Q, kept + chunk)
-            cand = np.concatenate([best_i, np.broadcast_to(part, (len(queries), len(part)))], axis=1)
-            top = np.argpartition(-sims, min(k, sims.shape[1]) - 1, axis=1)[:, :k]
-            best_s, best_i = np.take_along_axis(sims, top, 1), np.take_along_axis(cand, top, 1)
-        return best_i
 
     # ----- search -----------------------------------------------------------------------------
 
@@ -210,9 +199,9 @@ class VectorIndex:
         if allowed is not None:
             allowed = np.setdiff1d(allowed, self.tombstones) if len(self.tombstones) else allowed
             if self.kind == "flat" or len(allowed) <= EXACT_SUBSET:
-                return self._exact_subset(queries, k, allowed)
+                return exact_subset(self, queries, k, allowed)
         if self.index is None:  # an IVF index with nothing added yet
-            return self._exact_subset(queries, k, np.zeros(0, dtype=np.int64))
+            return exact_subset(self, queries, k, np.zeros(0, dtype=np.int64))
         if self.kind == "flat" or not self.index.ntotal:
             return self.index.search(queries, k)
         return self.index.search(queries, k, params=self.search_params(k, allowed))
@@ -235,19 +224,6 @@ class VectorIndex:
             params.sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.tombstones))
         return params
 
-    def _exact_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        n = len(queries)
-        scores, ids = np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
-        if not len(allowed):
-            return scores, ids
-        sims = queries @ self.vectors(allowed).T  # (N, A)
-        top = min(k, len(allowed))
-        idx = np.argpartition(-sims, top - 1, axis=1)[:, :top]  # (N, top), unordered
-        order = np.argsort(-np.take_along_axis(sims, idx, 1), axis=1)
-        idx = np.take_along_axis(idx, order, 1)
-        scores[:, :top], ids[:, :top] = np.take_along_axis(sims, idx, 1), allowed[idx]
-        return scores, ids
-
     # ----- files ------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
@@ -264,3 +240,31 @@ class VectorIndex:
         if index.d != dim:
             raise BinderIndexError(f"index vectors {str(path)!r} have {index.d} dimensions, index.json says {dim}")
         return cls(dim, kind, breadth, index=index)  # read_index gives the concrete class (and owns it)
+
+
+def exact_topk(store: Any, queries: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids (Q, k) over ``ids``, reading ``store.vectors`` in chunks."""
+    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(ids), 50_000):
+        part = ids[start : start + 50_000]
+        sims = np.concatenate([best_s, queries @ store.vectors(part).T], axis=1)  # (Q, kept + chunk)
+        cand = np.concatenate([best_i, np.broadcast_to(part, (len(queries), len(part)))], axis=1)
+        top = np.argpartition(-sims, min(k, sims.shape[1]) - 1, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(sims, top, 1), np.take_along_axis(cand, top, 1)
+    return best_i
+
+
+def exact_subset(store: Any, queries: np.ndarray, k: int, allowed: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` among the ids ``allowed`` -> (scores (N, k), ids (N, k)); -1 past them."""
+    n = len(queries)
+    scores, ids = np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
+    if not len(allowed):
+        return scores, ids
+    sims = queries @ store.vectors(allowed).T  # (N, A)
+    top = min(k, len(allowed))
+    idx = np.argpartition(-sims, top - 1, axis=1)[:, :top]  # (N, top), unordered
+    order = np.argsort(-np.take_along_axis(sims, idx, 1), axis=1)
+    idx = np.take_along_axis(idx, order, 1)
+    scores[:, :top], ids[:, :top] = np.take_along_axis(sims, idx, 1), allowed[idx]
+    return scores, ids
