@@ -269,7 +269,7 @@ def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: 
     Raises:
         ModelLoadError: one error naming the source and what was expected.
     """
-    model = _load(source, device, verify, revision, pretrained, modalities)
+    model = _load(source, device, verify, revision, pretrained, modalities, runtime)
     if adapters is not None:
         from binder.adapters import load_adapters
 
@@ -278,7 +278,7 @@ def load(source: "str | Path", device: "str | torch.device" = "cpu", *, verify: 
 
 
 def _load(source: "str | Path", device: "str | torch.device", verify: bool, revision: Optional[str],
-          pretrained: Optional[str], modalities: Optional[Sequence[str]]) -> Any:
+          pretrained: Optional[str], modalities: Optional[Sequence[str]], runtime: Optional[str]) -> Any:
     text = str(source)
     if text.startswith("open_clip:"):
         return _open_clip_model(text, pretrained, device)

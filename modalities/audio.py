@@ -142,6 +142,14 @@ class AudioConfig(ModalityConfig):
         if self.clip_policy not in POLICIES or self.channels not in CHANNELS:
             raise BinderConfigError(f"audio clip_policy must be one of {POLICIES} and channels one of {CHANNELS}, got "
                                     f"{self.clip_policy!r}, {self.channels!r}")
+        positive = ("sample_rate", "num_mel_bins", "target_length", "frame_length_ms", "frame_shift_ms",
+                    "clip_duration", "clips_per_sample", "std")
+        bad = [k for k in positive if not (isinstance(getattr(self, k), (int, float)) and 0 < getattr(self, k) < math.inf)]
+        if bad:
+            raise BinderConfigError(f"audio {', '.join(bad)}: expected positive finite numbers, "
+                                    f"got {[getattr(self, k) for k in bad]}")
+        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean)):
+            raise BinderConfigError(f"audio mean: expected a finite number, got {self.mean!r}")
 
     def trunk(self) -> TrunkConfig:
         """The preset's trunk with the ``encoder`` overrides, on (1, mel bins, frames) inputs."""
