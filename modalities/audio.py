@@ -144,7 +144,8 @@ class AudioConfig(ModalityConfig):
                                     f"{self.clip_policy!r}, {self.channels!r}")
         positive = ("sample_rate", "num_mel_bins", "target_length", "frame_length_ms", "frame_shift_ms",
                     "clip_duration", "clips_per_sample", "std")
-        bad = [k for k in positive if not (isinstance(getattr(self, k), (int, float)) and 0 < getattr(self, k) < math.inf)]
+        bad = [k for k in positive
+               if not (isinstance(getattr(self, k), (int, float)) and 0 < getattr(self, k) < math.inf)]
         if bad:
             raise BinderConfigError(f"audio {', '.join(bad)}: expected positive finite numbers, "
                                     f"got {[getattr(self, k) for k in bad]}")
