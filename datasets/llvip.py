@@ -135,7 +135,8 @@ class ThermalImagePairs(Dataset):
             return None
 
 
-def usable_pairs(pairs: Sequence[Pair], preprocessor: Callable, anchor: Any, decode: bool) -> Tuple[List[Pair], Counter]:
+def usable_pairs(pairs: Sequence[Pair], preprocessor: Callable, anchor: Any,
+                 decode: bool) -> Tuple[List[Pair], Counter]:
     """Pairs whose files exist (and, with ``decode``, preprocess) and the reasons for the others."""
     good, reasons = [], Counter()
     for ir, vis in pairs:
@@ -208,7 +209,8 @@ class LLVIPDataModule(PairedDataModule):
 
 
 @torch.no_grad()
-def recall_at_k(model: Any, pairs: Sequence[Pair], ks: Sequence[int] = (1, 5), batch_size: int = 32) -> Dict[str, float]:
+def recall_at_k(model: Any, pairs: Sequence[Pair], ks: Sequence[int] = (1, 5),
+                batch_size: int = 32) -> Dict[str, float]:
     """Thermal -> image retrieval recall@k (percent) over ``pairs`` with ``model.embed``."""
     emb = model.embed(batch_size=batch_size, progress=False, thermal=[str(ir) for ir, _ in pairs],
                       image=[str(vis) for _, vis in pairs])

@@ -244,7 +244,8 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, int
     gyro = _log_rotation(step) / dt  # (n - 1, 3)
     gyro = np.concatenate([gyro, gyro[-1:]])
     acc = acc * rng.uniform(0.98, 1.02, 3) + rng.normal(0, 0.08, 3) + rng.normal(0, rng.uniform(0.02, 0.08), acc.shape)
-    gyro = gyro * rng.uniform(0.98, 1.02, 3) + rng.normal(0, 0.01, 3) + rng.normal(0, rng.uniform(0.003, 0.015), gyro.shape)
+    gyro = (gyro * rng.uniform(0.98, 1.02, 3) + rng.normal(0, 0.01, 3)
+            + rng.normal(0, rng.uniform(0.003, 0.015), gyro.shape))
     return np.concatenate([acc, gyro], 1).astype(np.float32), RATE
 
 

@@ -83,7 +83,8 @@ class DepthConfig(ModalityConfig):
     modality: ClassVar[str] = "depth"
     presets: ClassVar[Mapping[str, TrunkConfig]] = PRESETS
 
-    preset: str = "tiny"  # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | imagebind (384 wide, 12 deep, 224 x 224)
+    # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | imagebind (384 wide, 12 deep, 224 x 224)
+    preset: str = "tiny"
     encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
     image_size: Optional[int] = None  # model input side in pixels; None = the preset's (tiny 32, imagebind 224)
     focal_length: float = 518.857901  # pixels; disparity = focal_length * baseline / depth (Omnivore, NYU/SUN Kinect)
@@ -101,7 +102,8 @@ class DepthConfig(ModalityConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.min_depth < self.max_depth:
-            raise BinderConfigError(f"depth config needs 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
+            raise BinderConfigError(f"depth config needs 0 < min_depth < max_depth, "
+                                    f"got {self.min_depth}, {self.max_depth}")
         if self.focal_length <= 0 or self.baseline <= 0 or self.depth_scale <= 0:
             raise BinderConfigError("depth config: focal_length, baseline and depth_scale must be positive")
 

@@ -54,7 +54,8 @@ class ThermalConfig(ModalityConfig):
     modality: ClassVar[str] = "thermal"
     presets: ClassVar[Mapping[str, TrunkConfig]] = PRESETS
 
-    preset: str = "tiny"  # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | imagebind (768 wide, 12 deep, 224 x 224)
+    # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | imagebind (768 wide, 12 deep, 224 x 224)
+    preset: str = "tiny"
     encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
     image_size: Optional[int] = None  # model input side in pixels; None = the preset's (tiny 32, imagebind 224)
     bits: Optional[int] = None  # bit depth of integer frames wider than 8 bits; None = 16

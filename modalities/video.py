@@ -57,8 +57,8 @@ from binder.registry import ModalitySpec, register_modality
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMAGE = ImageConfig()
-VECTORISED_RESIZE = ("shortest", "longest")  # anchor resize modes done here on whole clips  # CLIP's 224 x 224 and mean/std, used only while no anchor is attached
+DEFAULT_IMAGE = ImageConfig()  # CLIP's 224 x 224 and mean/std, used only while no anchor is attached
+VECTORISED_RESIZE = ("shortest", "longest")  # anchor resize modes done here on whole clips
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 SEEK_GAP = 2.0  # seconds: a target further ahead than this is reached by seeking, not decoding
 PIXEL_GRID = 8  # without an anchor, frames are summarised by an 8 x 8 average pool (3 * 64 values)
@@ -107,16 +107,20 @@ class VideoConfig(ModalityConfig):
     modality: ClassVar[str] = "video"
     presets: ClassVar[Mapping[str, TemporalConfig]] = PRESETS
 
-    mode: str = "temporal"  # temporal: trainable transformer over frozen frame embeddings | pooled: frame average, no training
+    # temporal: trainable transformer over frozen frame embeddings | pooled: frame average, no training
+    mode: str = "temporal"
     preset: str = "tiny"  # temporal transformer size preset: tiny | imagebind
     encoder: TemporalOverrides = field(default_factory=TemporalOverrides)  # overrides of the preset's TemporalConfig
     clips_per_sample: int = 3  # clips per video at inference; embeddings are averaged (ImageBind: 5)
     clip_policy: str = "spread"  # spread: clips from start to end | imagebind: pytorchvideo's constant clips sampler
     frames_per_clip: int = 2  # frames per clip, uniform in time (ImageBind: 2)
     clip_duration: float = 2.0  # seconds per clip (ImageBind: 2)
-    fps: float = 4.0  # frame rate assumed for inputs without timestamps (arrays, image lists, folders) = the digits renderer's
-    spatial_crops: int = 1  # 1: centre crop | 3: short side scaled, 3 crops along the long side (ImageBind's SpatialCrop)
-    interpolation: str = "bicubic"  # frame resize: bicubic (antialiased, like PIL) | bilinear (pytorchvideo's ShortSideScale)
+    # frame rate assumed for inputs without timestamps (arrays, image lists, folders) = the digits renderer's
+    fps: float = 4.0
+    # 1: centre crop | 3: short side scaled, 3 crops along the long side (ImageBind's SpatialCrop)
+    spatial_crops: int = 1
+    # frame resize: bicubic (antialiased, like PIL) | bilinear (pytorchvideo's ShortSideScale)
+    interpolation: str = "bicubic"
     temperature: float = 0.05  # fixed InfoNCE temperature
 
     def __post_init__(self) -> None:
@@ -330,7 +334,8 @@ class VideoPreprocessor:
                 with Image.open(f) as im:
                     frames.append(np.asarray(im.convert("RGB")))
         if len({a.shape for a in frames}) > 1:
-            raise BinderInputError(f"{name}: frames differ in size {sorted({a.shape for a in frames})}; expected one size")
+            raise BinderInputError(f"{name}: frames differ in size {sorted({a.shape for a in frames})}; "
+                                   "expected one size")
         return np.stack(frames)
 
     def sample(self, item: Any, sample_rate: Optional[float] = None, train: bool = False,

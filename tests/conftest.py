@@ -83,7 +83,8 @@ def compose() -> Callable[[List[str]], DictConfig]:
 
     def _compose(overrides: List[str], return_hydra_config: bool = False) -> DictConfig:
         with initialize_config_module(version_base="1.3", config_module="binder.configs"):
-            return hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+            return hydra_compose(config_name="train", overrides=list(overrides),
+                                 return_hydra_config=return_hydra_config)
 
     return _compose
 
@@ -95,7 +96,8 @@ def tiny_anchor(compose, data_root: Path, binder_cache: Path, tmp_path_factory) 
 
     run_dir = tmp_path_factory.mktemp("anchor_run")
     cfg = compose([
-        "experiment=digits_anchor", "anchor.build.epochs=1", "anchor.build.limit_train_batches=3", "anchor.build.batch_size=32",
+        "experiment=digits_anchor", "anchor.build.epochs=1", "anchor.build.limit_train_batches=3",
+        "anchor.build.batch_size=32",
         f"anchor.build.root={data_root}", f"run_dir={run_dir}",
     ])
     checkpoint = Path(cfg.anchor.model[len("local-dir:"):]) / "open_clip_model.safetensors"

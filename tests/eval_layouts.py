@@ -79,7 +79,8 @@ def write_esc50(root: Path, per_fold: int = 3, rate: int = 44100, seconds: float
             name = f"{fold}-{100 + j}-A-{target}.wav"
             tone(root / "audio" / name, 200.0 * (target + 1) + fold, seconds, rate)
             rows.append([name, fold, target, ESC_CATEGORIES[target], "False", f"{100 + j}", "A"])
-    write_csv(root / "meta" / "esc50.csv", rows, ["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+    write_csv(root / "meta" / "esc50.csv", rows,
+              ["filename", "fold", "target", "category", "esc10", "src_file", "take"])
     return {"root": root, "n": 5 * per_fold, "classnames": [c.replace("_", " ") for c in ESC_CATEGORIES]}
 
 

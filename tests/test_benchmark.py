@@ -64,7 +64,8 @@ def test_benchmark_multirun_writes_table_and_resumes(tiny_anchor, small_data_roo
     # Resuming reuses every finished cell: nothing is trained again, the table is the same.
     stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("audio-*/model/model.safetensors")}
     (tmp_path / "second").mkdir()
-    again = run_app(tiny_benchmark(small_data_root, f"benchmark.resume={sweep}"), {**env, "CWD": str(tmp_path / "second")})
+    again = run_app(tiny_benchmark(small_data_root, f"benchmark.resume={sweep}"),
+                    {**env, "CWD": str(tmp_path / "second")})
     assert (again.stdout + again.stderr).count("reused from") == 3
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((sweep / "table.json").read_text())["results"] == saved["results"]

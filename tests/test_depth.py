@@ -75,7 +75,8 @@ def test_tiny_preset_centres_each_map(pre):
     holes = near.copy()
     holes[:, :10] = 0.0
     assert pre(holes)[0, 0, 16, 0] == pytest.approx(0.0, abs=0.2)  # a hole reads the median level
-    assert not DepthConfig(preset="imagebind").inputs.center and DepthConfig(preset="imagebind", center=True).inputs.center
+    assert (not DepthConfig(preset="imagebind").inputs.center
+            and DepthConfig(preset="imagebind", center=True).inputs.center)
 
 
 def test_png_millimetres_equal_float_metres(pre, tmp_path):
@@ -187,7 +188,8 @@ def test_rgb_png_is_refused(pre, tmp_path):
         (np.ones((8, 8), dtype=np.uint8), "8-bit"),
         ([[1.0, 2.0]], "numpy array"),
     ],
-    ids=["all-nan", "all-zero", "negative", "empty", "3-channel", "2-channel", "4d", "bool", "complex", "uint8", "list"],
+    ids=["all-nan", "all-zero", "negative", "empty", "3-channel", "2-channel", "4d", "bool", "complex", "uint8",
+         "list"],
 )
 def test_bad_arrays(pre, depth, match):
     with pytest.raises(BinderInputError, match=match) as err:

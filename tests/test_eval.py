@@ -44,7 +44,8 @@ def test_metrics_on_known_cases():
     assert average_precision(scores, np.array([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
     targets = np.array([[1, 0], [0, 0], [1, 1]], bool)
     out = multilabel_metrics(np.array([[0.9, 0.1], [0.5, 0.2], [0.1, 0.8]]), targets)
-    assert out["classes_with_positives"] == 2 and out["mean_average_precision"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)
+    assert (out["classes_with_positives"] == 2
+            and out["mean_average_precision"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2))
     text, items = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[[0, 2, 1]]
     r = retrieval_metrics(text, items, np.array([0, 1, 2]), "audio")["metrics"]
     assert r["audio_retrieval_recall@1"] == pytest.approx(100 / 3) and r["audio_retrieval_recall@5"] == 100.0
@@ -195,11 +196,13 @@ def test_cli_eval_list_and_compare(audio_model, esc, tmp_path, capsys, monkeypat
                  "kinetics400", "msrvtt", "folder", "manifest"):
         assert f"\n{name} " in listing
     assert main(["eval", "--model", str(folder), "--dataset", "esc50", "--root", str(esc["root"]), "--templates",
-                 "a sound of {}.", "--json", str(tmp_path / "a.json"), "--predictions", str(tmp_path / "a.parquet")]) == 0
+                 "a sound of {}.", "--json", str(tmp_path / "a.json"),
+                 "--predictions", str(tmp_path / "a.parquet")]) == 0
     out = capsys.readouterr()
     assert "acc1" in out.out and "published (imagebind_huge, acc1)" in out.out and (tmp_path / "a.png").is_file()
     assert main(["eval", "--model", str(folder), "--dataset", "esc50", "--root", str(esc["root"]), "--split", "fold1",
-                 "--templates-file", str(_templates(tmp_path)), "--json", str(tmp_path / "b.json"), "--name", "fold1"]) == 0
+                 "--templates-file", str(_templates(tmp_path)), "--json", str(tmp_path / "b.json"),
+                 "--name", "fold1"]) == 0
     capsys.readouterr()
     assert main(["eval", "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--chart",
                  str(tmp_path / "cmp.png")]) == 0

@@ -166,7 +166,8 @@ def test_llvip_real_samples(model, data_root, tmp_path):
     (root / "Annotations").mkdir()
     names = sorted(p.stem for p in (src / "infrared").glob("*.jpg"))[:4]
     for i, name in enumerate(names):
-        (root / "Annotations" / f"{name}.xml").write_text(voc_xml(name, (1280, 1024), [(300 + 40 * i, 400, 380 + 40 * i, 620)]))
+        (root / "Annotations" / f"{name}.xml").write_text(
+            voc_xml(name, (1280, 1024), [(300 + 40 * i, 400, 380 + 40 * i, 620)]))
     result = run(model, "llvip", root, tmp_path)
     assert result.record["binder"]["n"] == 8 and len(result.skipped) == len(list((src / "infrared").glob("*.jpg"))) - 4
     assert all("no annotation" in s["reason"] for s in result.skipped)

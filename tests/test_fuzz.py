@@ -24,7 +24,8 @@ def fuzzer(random_anchor, tmp_path_factory):
     return Fuzzer(model, binder.save(model, work / "saved"), work, out=work / "findings", seed=1)
 
 
-@pytest.mark.parametrize("target", ["audio", "image", "depth", "thermal", "imu", "video", "model-config", "model-weights"])
+@pytest.mark.parametrize("target", ["audio", "image", "depth", "thermal", "imu", "video",
+                                    "model-config", "model-weights"])
 def test_fuzz_target(fuzzer, target):
     report = fuzzer.run(SECONDS_PER_TARGET, [target])
     assert report.inputs[target] >= 3, "too few inputs tried"

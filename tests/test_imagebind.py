@@ -141,7 +141,8 @@ def test_sizes_inferred_from_shapes(model):
     assert t[Modality.IMU].patch == (8,) and t[Modality.IMU].dropout == 0.5
     assert t[Modality.DEPTH].stride == (16, 16) and all(t[m].bias_kv for m in BOUND)
     vision, text = model.anchor.vision.cfg, model.anchor.text.cfg
-    assert (vision.patch, vision.width, vision.depth, vision.pre_norm, vision.bias_kv) == ((2, 14, 14), 64, 2, True, False)
+    assert ((vision.patch, vision.width, vision.depth, vision.pre_norm, vision.bias_kv)
+            == ((2, 14, 14), 64, 2, True, False))
     assert (text.context_length, text.width, text.depth, text.vocab_size) == (77, 64, 2, 49408)
     assert model.anchor.embed_dim == 32
     assert model.bound_modalities == BOUND and Modality.VIDEO in model.modalities
@@ -227,7 +228,8 @@ def test_single_clip_audio_and_video_match_reference(reference, model):
 
 def test_tokenizer_matches_reference(model):
     tokenizer_module = import_reference("models.multimodal_preprocessors")
-    bpe = Path(importlib.util.find_spec("imagebind").submodule_search_locations[0]) / "bpe" / "bpe_simple_vocab_16e6.txt.gz"
+    bpe = (Path(importlib.util.find_spec("imagebind").submodule_search_locations[0])
+           / "bpe" / "bpe_simple_vocab_16e6.txt.gz")
     theirs = tokenizer_module.SimpleTokenizer(bpe_path=str(bpe))
     texts = ["A dog.", "a photo of a  CAT, on the mat!", "thermal image of a person", "word " * 100]
     ours = model.anchor.tokenize(texts)
@@ -294,7 +296,8 @@ def test_bad_files_raise_one_clear_error(checkpoint, reference, random_anchor, t
     not_a_dict = _save([torch.zeros(2)], tmp_path / "list.pth")
     cases = {
         truncated: "not a readable checkpoint", garbage: "not a readable checkpoint",
-        random_state: r"is not an ImageBind checkpoint.*modality_trunks", open_clip_state: "is not an ImageBind checkpoint",
+        random_state: r"is not an ImageBind checkpoint.*modality_trunks",
+        open_clip_state: "is not an ImageBind checkpoint",
         not_a_dict: "does not hold a state dict", tmp_path / "missing.pth": "does not exist",
     }
     for path, message in cases.items():
@@ -305,7 +308,8 @@ def test_bad_files_raise_one_clear_error(checkpoint, reference, random_anchor, t
 
 def test_incomplete_or_mismatched_checkpoint(reference, tmp_path):
     state = reference.state_dict()
-    no_text_head = _save({k: v for k, v in state.items() if not k.startswith("modality_heads.text")}, tmp_path / "a.pth")
+    no_text_head = _save({k: v for k, v in state.items() if not k.startswith("modality_heads.text")},
+                         tmp_path / "a.pth")
     with pytest.raises(ModelLoadError, match=r"lacks key groups \['modality_heads\.text'\]"):
         binder.load(no_text_head)
     half_audio = _save({k: v for k, v in state.items() if not k.startswith("modality_heads.audio")}, tmp_path / "b.pth")
@@ -327,7 +331,8 @@ def test_incomplete_or_mismatched_checkpoint(reference, tmp_path):
 def test_save_load_round_trip(model, tmp_path):
     folder = binder.save(model, tmp_path / "model")
     config = json.loads((folder / "config.json").read_text())
-    assert config["architecture"] == "imagebind" and sorted(config["modalities"]) == ["audio", "depth", "imu", "thermal"]
+    assert (config["architecture"] == "imagebind"
+            and sorted(config["modalities"]) == ["audio", "depth", "imu", "thermal"])
     assert config["anchor"] == {"kind": "imagebind", "model": "imagebind", "precision": "fp32",
                                 "pretrained": "anchor/imagebind_anchor.safetensors"}
     assert not list(folder.rglob("*.pth"))  # safetensors + JSON only

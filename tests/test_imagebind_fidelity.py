@@ -78,7 +78,8 @@ def _recording(path: Path, seconds: float, channels: int, rate: int) -> Path:
     """A chirp per channel (different per channel), noise and a small DC offset, 16-bit PCM."""
     rng = np.random.default_rng([int(seconds * 10), channels, rate])
     t = np.arange(int(seconds * rate)) / rate
-    waves = [0.3 * np.sin(2 * np.pi * (200 * (c + 1) * t + 300 * t ** 2)) + 0.02 * rng.normal(size=t.shape) + 0.01 * (c + 1)
+    waves = [0.3 * np.sin(2 * np.pi * (200 * (c + 1) * t + 300 * t ** 2)) + 0.02 * rng.normal(size=t.shape)
+             + 0.01 * (c + 1)
              for c in range(channels)]
     sf.write(path, np.stack(waves, axis=1).astype(np.float32), rate, subtype="PCM_16")
     return path

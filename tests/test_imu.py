@@ -64,7 +64,8 @@ def test_imagebind_preset_is_6_by_2000():
     # No normalisation in ImageBind's preset: a 5 s recording at 400 Hz passes through unchanged.
     torch.testing.assert_close(x[0], torch.from_numpy(regular(5.0, 400).T.copy()))
     trunk = cfg.trunk()
-    assert (trunk.patch, trunk.width, trunk.depth, trunk.heads, trunk.drop_path, trunk.dropout) == ((8,), 512, 6, 8, 0.7, 0.5)
+    assert ((trunk.patch, trunk.width, trunk.depth, trunk.heads, trunk.drop_path, trunk.dropout)
+            == ((8,), 512, 6, 8, 0.7, 0.5))
     assert trunk.bias_kv and trunk.patch_norm and trunk.logit_scale == 5.0
 
 

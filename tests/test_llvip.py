@@ -86,7 +86,8 @@ def test_real_samples_datamodule(llvip_dir, thermal_model):
 def test_train_fast_dev_run_on_real_samples(compose, tiny_anchor, llvip_dir, tmp_path):
     from binder.training import train
 
-    cfg = compose(["modality=thermal", "data=llvip", f"data.root={llvip_dir}", "data.batch_size=8", "data.validate=false",
+    cfg = compose(["modality=thermal", "data=llvip", f"data.root={llvip_dir}", "data.batch_size=8",
+                   "data.validate=false",
                    *small_encoder("thermal"), "trainer.fast_dev_run=2", "trainer.enable_progress_bar=false",
                    f"run_dir={tmp_path}"])
     metrics = train(cfg)

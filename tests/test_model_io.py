@@ -80,7 +80,8 @@ def test_saved_folder_contents(saved, anchor_file, file_anchor):
     assert config["anchor_fingerprint"] == file_anchor.fingerprint()
     assert {k: v for k, v in config["modalities"]["audio"]["encoder"].items() if v is not None} == SMALL_ENCODER
     assert config["modalities"]["audio"]["clips_per_sample"] == 2
-    assert set(config["files"]) == {"model.safetensors", "anchor/open_clip_config.json", "anchor/open_clip_model.safetensors"}
+    assert set(config["files"]) == {"model.safetensors", "anchor/open_clip_config.json",
+                                    "anchor/open_clip_model.safetensors"}
     assert all(len(d) == 64 for d in config["files"].values())
     weights = load_file(str(saved / "model.safetensors"))
     assert weights and not any(k.startswith("anchor.") for k in weights)  # the frozen anchor is not duplicated
@@ -102,7 +103,8 @@ def test_bundled_anchor_loads_with_open_clip_alone(saved, file_anchor):
             "m, _, pre = open_clip.create_model_and_transforms(f'local-dir:{sys.argv[1]}')\n"
             "assert 'binder' not in sys.modules\n"
             "print(*pre.transforms[0].size, float(sum(p.double().sum() for p in m.parameters())))")
-    out = subprocess.run([sys.executable, "-c", code, str(saved / "anchor")], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(saved / "anchor")],
+                         capture_output=True, text=True, check=True)
     height, width, total = out.stdout.split()
     assert (int(height), int(width)) == (28, 56)  # singles and two-digit composites
     assert float(total) == pytest.approx(float(sum(p.double().sum() for p in file_anchor.model.parameters())), rel=1e-9)
@@ -370,7 +372,8 @@ def test_load_from_hub_repository(model, saved, hub_server, inputs):
     hub_server.add("binder/digits-audio", "main", saved)
     for loaded in (binder.load("hf-hub:binder/digits-audio"), BindModel.from_pretrained("hf-hub:binder/digits-audio")):
         assert loaded.bound_modalities == ["audio"]
-        torch.testing.assert_close(_embed_all(loaded, inputs)["audio"], _embed_all(model, inputs)["audio"], rtol=0, atol=0)
+        torch.testing.assert_close(_embed_all(loaded, inputs)["audio"], _embed_all(model, inputs)["audio"],
+                                   rtol=0, atol=0)
     with pytest.raises(ModelLoadError, match="not found"):
         binder.load("hf-hub:binder/missing")
 
@@ -379,7 +382,8 @@ def test_save_pretrained_and_push_to_hub(model, tmp_path, monkeypatch):
     import huggingface_hub
 
     calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
 
     def upload_folder(self, *, folder_path, repo_id, **kw):
         calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))

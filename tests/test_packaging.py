@@ -146,7 +146,8 @@ def test_unknown_trainer_callback_and_logger_keys(compose, tmp_path):
     from binder.errors import BinderConfigError
     from binder.training import check_groups
 
-    for override, where in (("+trainer.max_epoch=3", "'trainer'"), ("+callbacks.checkpoint.every=3", "'callbacks.checkpoint'"),
+    for override, where in (("+trainer.max_epoch=3", "'trainer'"),
+                            ("+callbacks.checkpoint.every=3", "'callbacks.checkpoint'"),
                             ("+logger.csv.folder=x", "'logger.csv'")):
         with pytest.raises(BinderConfigError, match=where):
             check_groups(compose([override, f"run_dir={tmp_path}"]))

@@ -100,7 +100,8 @@ def test_composes_with_the_plugin_yaml_and_schema(compose, tmp_path):
     assert not _packaged_modality_yaml("tactile")  # binder ships no tactile.yaml: the plugin's is stored
     stored = ConfigStore.instance().repo["modality"]["tactile.yaml"]
     plugin_yaml = OmegaConf.load(binder.get_modality("tactile").config_file)
-    assert stored.package == "modality.tactile" and OmegaConf.to_container(stored.node) == OmegaConf.to_container(plugin_yaml)
+    assert (stored.package == "modality.tactile"
+            and OmegaConf.to_container(stored.node) == OmegaConf.to_container(plugin_yaml))
     assert "/schema/modality/tactile@_here_" in plugin_yaml.defaults
     cfg = compose(["modality=tactile", "modality.tactile.max_pressure=250", "modality.tactile.encoder.depth=2"])
     assert cfg.modality.tactile.max_pressure == 250 and cfg.modality.tactile.encoder.depth == 2

@@ -24,7 +24,8 @@ SAVER = """
 import sys, torch, binder
 from binder.anchor import OpenClipAnchor
 torch.manual_seed(int(sys.argv[2]))
-model = binder.BindModel(OpenClipAnchor(model="binder-digits"), {"audio": {"encoder": {"depth": 1, "width": 32, "heads": 2}}})
+model = binder.BindModel(OpenClipAnchor(model="binder-digits"), """ \
+"""{"audio": {"encoder": {"depth": 1, "width": 32, "heads": 2}}})
 open(sys.argv[3], "w").close()            # ready
 while True:
     binder.save(model, sys.argv[1])

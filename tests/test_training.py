@@ -264,7 +264,8 @@ def test_default_training_meets_target(compose, data_root, tmp_path):
 def test_one_run_binds_several_modalities(compose, tiny_anchor, small_data_root, tmp_path):
     cfg = compose(["modality=[audio,depth]", *small_encoder("audio"), *small_encoder("depth"),
                    f"data.root={small_data_root}", "data.batch_size=8", "data.epoch_size=16", "trainer.max_epochs=1",
-                   "trainer.log_every_n_steps=1", "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false",
+                   "trainer.log_every_n_steps=1", "trainer.check_val_every_n_epoch=1",
+                   "trainer.enable_progress_bar=false",
                    f"run_dir={tmp_path}"])
     assert list(cfg.modality) == ["audio", "depth"]
     metrics = train(cfg)

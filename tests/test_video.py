@@ -45,7 +45,8 @@ def write_video(path: Path, frames: np.ndarray, fps: int, codec: str, pix_fmt: s
 
 def grey_ramp(n: int, h: int = 32, w: int = 48, step: int = 2) -> np.ndarray:
     """Uniform grey frames whose brightness encodes the frame index: frame i = step * i."""
-    return np.repeat((np.arange(n) * step).astype(np.uint8)[:, None, None, None], 3, -1) * np.ones((1, h, w, 1), np.uint8)
+    return (np.repeat((np.arange(n) * step).astype(np.uint8)[:, None, None, None], 3, -1)
+            * np.ones((1, h, w, 1), np.uint8))
 
 
 def full_decode(path: Path) -> tuple:
@@ -347,7 +348,8 @@ def test_renderer_shape_determinism_and_motion(data_root):
     assert video.shape == (FRAMES, CANVAS, CANVAS, 3) and video.dtype == np.uint8
     np.testing.assert_array_equal(video, render(digits[0], np.random.default_rng(7)))
     assert not np.array_equal(video, render(digits[0], np.random.default_rng(8)))
-    moved = [np.abs(np.diff(_centroids(render(d, np.random.default_rng(i))), axis=0)).sum() for i, d in enumerate(digits[:10])]
+    moved = [np.abs(np.diff(_centroids(render(d, np.random.default_rng(i))), axis=0)).sum()
+             for i, d in enumerate(digits[:10])]
     assert min(moved) > 1.0, moved  # the digit moves (pixels of centroid path over the clip)
     frame_change = np.abs(video[1:].astype(int) - video[:-1].astype(int)).mean()
     assert frame_change > 2.0

@@ -153,11 +153,13 @@ class DigitsAnchorRecipe:
                                   scale=(1 - self.scale, 1 + self.scale)) if self.augment else None
         data = DigitsCaptionDataModule(DigitsConfig(root=self.root, mnist_test_from=self.mnist_test_from),
                                        preprocess, tokenizer, self.batch_size, augment, self.composites)
-        optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, betas=(0.9, 0.98), warmup_epochs=self.warmup_epochs)
+        optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, betas=(0.9, 0.98),
+                            warmup_epochs=self.warmup_epochs)
         module = AnchorTrainingModule(clip, tokenizer, optim, CLASSNAMES, TEMPLATES)
         trainer = L.Trainer(max_epochs=self.epochs, accelerator="auto", devices=1, gradient_clip_val=1.0, logger=False,
                             enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
-                            limit_train_batches=self.limit_train_batches or 1.0, enable_progress_bar=sys.stderr.isatty(),
+                            limit_train_batches=self.limit_train_batches or 1.0,
+                            enable_progress_bar=sys.stderr.isatty(),
                             default_root_dir=str(run_dir) if run_dir else None)
         trainer.fit(module, datamodule=data)
         if trainer.interrupted:
@@ -191,7 +193,8 @@ def write_open_clip_folder(clip: Any, model_name: str, folder: Path, metrics: Di
     """``open_clip_config.json`` (model and preprocess config) + ``open_clip_model.safetensors``."""
     import open_clip
 
-    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in open_clip.get_model_preprocess_cfg(clip).items()}
+    preprocess = {k: list(v) if isinstance(v, tuple) else v
+                  for k, v in open_clip.get_model_preprocess_cfg(clip).items()}
     config = {"model_cfg": open_clip.get_model_config(model_name), "preprocess_cfg": preprocess,
               "binder": {"zero_shot": metrics}}
     save_file({k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}, str(folder / OPEN_CLIP_WEIGHTS))

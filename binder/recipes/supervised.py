@@ -69,7 +69,8 @@ class SupervisedModule(L.LightningModule):
             self._step(batch, "val")
 
     def configure_optimizers(self) -> Dict[str, Any]:
-        return configure_adamw(self.trainer, [("encoder", self.encoder), ("classifier", self.classifier)], self.optim_cfg)
+        return configure_adamw(self.trainer, [("encoder", self.encoder), ("classifier", self.classifier)],
+                               self.optim_cfg)
 
     @torch.no_grad()
     def accuracy(self, inputs: Sequence[Any], labels: np.ndarray, batch_size: int = 64) -> Dict[str, float]:

@@ -69,7 +69,8 @@ class TactileConfig(ModalityConfig):
     modality: ClassVar[str] = "tactile"
     presets: ClassVar[Mapping[str, TrunkConfig]] = PRESETS
 
-    preset: str = "tiny"  # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | small (384 wide, 6 deep, 64 x 64)
+    # encoder + input preset: tiny (32 x 32, minutes on 2 CPU cores) | small (384 wide, 6 deep, 64 x 64)
+    preset: str = "tiny"
     encoder: EncoderOverrides = field(default_factory=EncoderOverrides)  # overrides of the preset's trunk
     grid_size: Optional[int] = None  # model input side in taxels; None = the preset's (tiny 32, small 64)
     unit: str = "kPa"  # unit of the raw pressure values: kPa | Pa | mbar | N/cm2 | psi
