@@ -55,6 +55,7 @@ PRESETS: Dict[str, TrunkConfig] = {
 
 
 CHANNELS = ("mix", "first")
+NORMALIZE = ("global", "utterance")
 BINDER_INPUT = ("spread", "mix")  # binder's own models: clips from start to end, channels averaged
 IMAGEBIND_INPUT = ("imagebind", "first")  # imagebind/data.py exactly (the imagebind preset's default)
 
@@ -131,6 +132,9 @@ class AudioConfig(ModalityConfig):
     channels: Optional[str] = None  # mix: average the channels | first: channel 0 after the clip mean; None: preset's
     mean: float = -4.268  # normalisation mean (ImageBind, AudioSet statistics)
     std: float = 9.138  # normalisation std
+    # global: (x - mean) / std | utterance: each clip's per-bin mean over its own frames is first set
+    # to `mean` (cepstral mean normalisation: less of the microphone and the speaker's timbre)
+    normalize: str = "global"
     temperature: float = 0.05  # fixed InfoNCE temperature (ImageBind audio)
     augment: AudioAugmentConfig = field(default_factory=AudioAugmentConfig)
 
@@ -139,6 +143,8 @@ class AudioConfig(ModalityConfig):
         policy, channels = IMAGEBIND_INPUT if self.preset == "imagebind" else BINDER_INPUT
         self.clip_policy = policy if self.clip_policy is None else self.clip_policy
         self.channels = channels if self.channels is None else self.channels
+        if self.normalize not in NORMALIZE:
+            raise BinderConfigError(f"audio normalize must be one of {NORMALIZE}, got {self.normalize!r}")
         if self.clip_policy not in POLICIES or self.channels not in CHANNELS:
             raise BinderConfigError(f"audio clip_policy must be one of {POLICIES} and channels one of {CHANNELS}, got "
                                     f"{self.clip_policy!r}, {self.channels!r}")
@@ -281,6 +287,12 @@ class AudioPreprocessor:
         waves, lengths = fbank.resample_batch(waves, lengths, rates, cfg.sample_rate)
         mel = fbank.fbank(fbank.centred(waves, lengths), lengths, cfg.sample_rate, cfg.num_mel_bins,
                           cfg.frame_length_ms, cfg.frame_shift_ms)  # (B K, mel, F)
+        if cfg.normalize == "utterance":  # as log_mel: each clip's per-bin mean over its own frames
+            window, shift, _ = frame_sizes(cfg.sample_rate, cfg.frame_length_ms, cfg.frame_shift_ms)
+            count = fbank.frame_count(lengths, window, shift)  # (B K,)
+            keep = (torch.arange(mel.shape[-1], device=mel.device)[None] < count[:, None])[:, None]  # (B K, 1, F)
+            mean = (mel * keep).sum(-1, keepdim=True) / count[:, None, None]
+            mel = (mel - mean + cfg.mean) * keep
         mel = (fbank.fit_frames(mel, cfg.target_length) - cfg.mean) / cfg.std
         return rearrange(mel, "(b k) m f -> b k 1 m f", b=b)
 
@@ -303,6 +315,8 @@ class AudioPreprocessor:
             clips = torch.nn.functional.pad(clips, (0, window - clips.shape[-1]))
         mel = log_mel(clips, cfg.sample_rate, cfg.num_mel_bins, cfg.frame_length_ms, cfg.frame_shift_ms)
         mel = mel.transpose(1, 2)  # (K, mel, frames)
+        if cfg.normalize == "utterance":
+            mel = mel - mel.mean(-1, keepdim=True) + cfg.mean  # every frame is the clip's own
         pad = cfg.target_length - mel.shape[-1]
         mel = torch.nn.functional.pad(mel, (0, pad)) if pad > 0 else mel[..., : cfg.target_length]
         return ((mel - cfg.mean) / cfg.std)[:, None]  # (K, 1, mel, frames)

@@ -157,3 +157,24 @@ def test_recipe_refuses_unknown_speakers_and_other_modalities(compose, data_root
         train(compose(["experiment=leave_one_speaker_out", f"run_dir={tmp_path}", "speakers.speakers=[nobody]"]))
     with pytest.raises(BinderConfigError, match="use modality=audio"):
         train(compose(["experiment=leave_one_speaker_out", f"run_dir={tmp_path}", "modality=depth"]))
+
+
+def test_utterance_normalisation_centres_each_clip_on_its_own_frames():
+    """normalize=utterance: each clip's per-bin mean over its own frames is the global mean (0 after
+    normalisation), a louder or filtered copy of a recording gives the same features, padded
+    frames keep the padding value; global (the default) keeps the level."""
+    spec = binder.get_modality(AUDIO)
+    wave = chirp(seconds=0.8, rate=16000, seed=3)
+    coloured = torch.from_numpy(wave)[None] * 3.0  # (1, T): 9.5 dB louder
+    coloured = torch.nn.functional.conv1d(coloured[None], torch.tensor([[[0.6, 0.4]]]), padding=1)[0, :, 1:]
+    cmn = spec.preprocessor_cls(spec.config_cls(normalize="utterance"))
+    glob = spec.preprocessor_cls(spec.config_cls())
+    a, b = cmn((wave, 16000))[0, 0], cmn((coloured[0].numpy(), 16000))[0, 0]  # (mel, frames)
+    frames = 78  # 0.8 s at a 10 ms hop
+    assert a[:, :frames].mean(-1).abs().max() < 1e-4
+    assert torch.allclose(a[:, frames + 2:], torch.full_like(a[:, frames + 2:], cmn.cfg.pad_value))
+    assert (a[:, 2:frames - 2] - b[:, 2:frames - 2]).abs().mean() < 0.02  # level and a fixed filter removed
+    g_a, g_b = glob((wave, 16000))[0, 0], glob((coloured[0].numpy(), 16000))[0, 0]
+    assert (g_a[:, 2:frames - 2] - g_b[:, 2:frames - 2]).abs().mean() > 0.1
+    with pytest.raises(BinderConfigError, match="normalize"):
+        spec.config_cls(normalize="per-speaker")

@@ -118,11 +118,12 @@ def test_batched_fbank_equals_kaldis_clip_by_clip():
         assert (out[i, :, ref.shape[1]:] == 0).all()
 
 
-@pytest.mark.parametrize("rate", [16000, 8000, 44100])
-def test_device_features_equal_the_loaders(rate):
+@pytest.mark.parametrize("rate,normalize", [(16000, "global"), (8000, "global"), (44100, "global"),
+                                            (16000, "utterance"), (8000, "utterance")])
+def test_device_features_equal_the_loaders(rate, normalize):
     from binder.modalities.audio import AudioConfig, AudioPreprocessor
 
-    pre = AudioPreprocessor(AudioConfig())
+    pre = AudioPreprocessor(AudioConfig(normalize=normalize))
     recordings = [chirp(seconds=s, rate=rate, seed=i) for i, s in enumerate((3.0, 1.2, 0.5))]
     loader = torch.stack([pre((w, rate)) for w in recordings])  # (B, 3, 1, mel, frames)
     raws = [pre.raw((w, rate)) for w in recordings]
