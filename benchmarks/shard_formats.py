@@ -63,7 +63,7 @@ def wds_loader(out: Path, workers: int, state: Any = None) -> Any:
 
     urls = sorted(str(p) for p in out.glob("*.tar"))
     ds = (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node, empty_check=False)
-          .shuffle(1000).map(lambda s: s["__key__"]).batched(64))
+          .shuffle(1000).map(lambda s: s["__key__"]).batched(64, collation_fn=list))
     return DataLoader(ds, batch_size=None, num_workers=workers)
 
 
@@ -189,6 +189,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    import torch.multiprocessing
+
+    # workers hand batches of bytes as tensors: one descriptor each under the default strategy
+    torch.multiprocessing.set_sharing_strategy("file_system")
     everything = [run(args.samples, s) for s in args.seconds]
     for r in everything:
         print(table(r), "\n")
