@@ -80,6 +80,12 @@ def lit_pack(samples: List[Dict[str, Any]], out: Path) -> None:
              start_method="fork")
 
 
+def _id_list(batch: List[Dict[str, Any]]) -> List[str]:
+    """Collate a batch to its ids: every format's worker deserialises the samples, and only the
+    ids cross to the main process (as WebDataset's pipeline above does)."""
+    return [s["id"] for s in batch]
+
+
 def _ids(batch: Any) -> List[str]:
     return list(batch["id"]) if isinstance(batch, dict) else list(batch)
 
@@ -88,7 +94,7 @@ def lit_loader(out: Path, workers: int, state: Any = None) -> Any:
     from litdata import StreamingDataLoader, StreamingDataset
 
     ds = StreamingDataset(str(out), shuffle=True, drop_last=False, seed=0)
-    dl = StreamingDataLoader(ds, batch_size=64, num_workers=workers)
+    dl = StreamingDataLoader(ds, batch_size=64, num_workers=workers, collate_fn=_id_list)
     if state is not None:
         dl.load_state_dict(state)
     return dl
@@ -111,7 +117,7 @@ def mds_loader(out: Path, workers: int, state: Any = None) -> Any:
 
     clean_stale_shared_memory()
     ds = StreamingDataset(local=str(out), shuffle=True, shuffle_seed=0, batch_size=64)
-    dl = StreamingDataLoader(ds, batch_size=64, num_workers=workers)
+    dl = StreamingDataLoader(ds, batch_size=64, num_workers=workers, collate_fn=_id_list)
     if state is not None:
         dl.load_state_dict(state)
     return dl
@@ -189,10 +195,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    import torch.multiprocessing
-
-    # workers hand batches of bytes as tensors: one descriptor each under the default strategy
-    torch.multiprocessing.set_sharing_strategy("file_system")
     everything = [run(args.samples, s) for s in args.seconds]
     for r in everything:
         print(table(r), "\n")

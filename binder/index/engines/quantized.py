@@ -37,6 +37,7 @@ from binder.index.engines.vectors import (
     exact_topk,
     ivf_lists,
     list_count,
+    read_index,
 )
 
 log = logging.getLogger(__name__)
@@ -377,14 +378,7 @@ class QuantizedIndex:
     @classmethod
     def load(cls, path: Path, kind: str, dim: int, breadth: Optional[int] = None,
              rerank: Optional[int] = None) -> "QuantizedIndex":
-        faiss = _faiss()
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as err:
-            raise BinderIndexError(f"index vectors {str(path)!r} are not a readable FAISS index "
-                                   f"({str(err).strip().splitlines()[-1][:160]})") from None
-        if index.d != dim:
-            raise BinderIndexError(f"index vectors {str(path)!r} have {index.d} dimensions, index.json says {dim}")
+        index = read_index(path, dim)
         rows = Rows.load(path.with_name(rows_name(path.name)), dim)
         if len(rows.ids) != index.ntotal:
             raise BinderIndexError(f"index {str(path.parent)!r} is damaged: {len(rows.ids)} float32 rows for "

@@ -231,15 +231,20 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: Path, kind: str, dim: int, breadth: Optional[int] = None) -> "VectorIndex":
-        faiss = _faiss()
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as err:
-            raise BinderIndexError(f"index vectors {str(path)!r} are not a readable FAISS index "
-                                   f"({str(err).strip().splitlines()[-1][:160]})") from None
-        if index.d != dim:
-            raise BinderIndexError(f"index vectors {str(path)!r} have {index.d} dimensions, index.json says {dim}")
-        return cls(dim, kind, breadth, index=index)  # read_index gives the concrete class (and owns it)
+        return cls(dim, kind, breadth, index=read_index(path, dim))  # the concrete class (and owns it)
+
+
+def read_index(path: Path, dim: int) -> Any:
+    """A FAISS index file of ``dim``-dimensional vectors; an unreadable file or another size is a
+    :class:`BinderIndexError` naming it."""
+    try:
+        index = _faiss().read_index(str(path))
+    except RuntimeError as err:
+        raise BinderIndexError(f"index vectors {str(path)!r} are not a readable FAISS index "
+                               f"({str(err).strip().splitlines()[-1][:160]})") from None
+    if index.d != dim:
+        raise BinderIndexError(f"index vectors {str(path)!r} have {index.d} dimensions, index.json says {dim}")
+    return index
 
 
 def exact_topk(store: Any, queries: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
