@@ -20,7 +20,7 @@ import pkgutil
 from importlib.metadata import entry_points
 from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
 
-from binder.errors import BinderError, BinderInputError
+from binder.errors import BinderError, BinderInputError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,15 @@ def import_modules(target: str) -> List[str]:
         try:
             importlib.import_module(name)
         except Exception as err:
-            log.warning("could not import %s: %s: %s", name, type(err).__name__, err)
+            _skipped(name, err)
     return names
+
+
+def _skipped(name: str, err: Exception) -> None:
+    """Log a module that did not import: quietly when it needs an optional extra the user has not
+    installed (it says so when used), as a warning otherwise."""
+    level = logging.DEBUG if isinstance(err, MissingDependencyError) else logging.WARNING
+    log.log(level, "could not import %s: %s: %s", name, type(err).__name__, err)
 
 
 def _modules(target: str, failed: Dict[str, str]) -> List[str]:
@@ -208,7 +215,7 @@ def _modules(target: str, failed: Dict[str, str]) -> List[str]:
         module = importlib.import_module(target)
     except Exception as err:
         failed[target] = f"{type(err).__name__}: {err}"
-        log.warning("could not import %s: %s", target, err)
+        _skipped(target, err)
         return []
     if not hasattr(module, "__path__"):
         return [target]

@@ -89,3 +89,26 @@ def test_builtin_package_modules_register_themselves(tmp_path, monkeypatch):
     finally:
         for name in [m for m in sys.modules if m.startswith("fake_engines")]:
             del sys.modules[name]
+
+
+def test_discovery_is_quiet_about_extras_not_installed(tmp_path, monkeypatch, caplog):
+    """A module that needs an optional extra the user has not installed is skipped quietly (it
+    says how to install it when used); a module that is broken is a warning naming it."""
+    import logging
+
+    from binder.extension import import_modules
+
+    package = tmp_path / "discovered_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "needs_extra.py").write_text(
+        "from binder.errors import MissingDependencyError\n"
+        "raise MissingDependencyError('somepkg', 'a feature', 'someextra')\n")
+    (package / "broken.py").write_text("raise RuntimeError('a real bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.DEBUG, logger="binder.extension"):
+        names = import_modules("discovered_pkg")
+    assert names == ["discovered_pkg.broken", "discovered_pkg.needs_extra"]
+    levels = {r.getMessage().split(":")[0]: r.levelno for r in caplog.records}
+    assert levels["could not import discovered_pkg.broken"] == logging.WARNING
+    assert levels["could not import discovered_pkg.needs_extra"] == logging.DEBUG

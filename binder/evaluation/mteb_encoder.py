@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from binder.errors import BinderInputError
+from binder.errors import BinderInputError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
 try:
     from mteb.models.abs_encoder import AbsEncoder
 except ImportError as err:  # the optional extra is not installed
-    raise ImportError("binder's MTEB integration needs the mteb package: pip install 'binder-embed[mteb]'") from err
+    raise MissingDependencyError("mteb", "binder's MTEB integration", "mteb") from err
 
 MTEB_MODALITIES = ("text", "image", "audio", "video")
 
