@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from binder.errors import BinderConfigError, BinderInputError, MissingDependencyError, ModelLoadError
-from binder.files import atomic_folder, file_digest
+from binder.files import atomic_folder, file_digest, read_json_config
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +167,7 @@ def save_adapters(model: Any, path: "str | Path", base: Optional[str] = None) ->
 def read_adapter_config(path: Path) -> Dict[str, Any]:
     """Read and check ``adapter_config.json`` of an adapter folder (one ModelLoadError each)."""
     cfg_path = path / CONFIG_NAME
-    if not path.is_dir() or not cfg_path.is_file():
-        raise ModelLoadError(f"{str(path)!r} is not an adapter folder: {CONFIG_NAME} is missing")
-    try:
-        config = json.loads(cfg_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{str(cfg_path)!r} is not valid UTF-8 JSON: {err}") from None
+    config = read_json_config(path, CONFIG_NAME, "an adapter folder")
     where = repr(str(cfg_path))
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ModelLoadError(f"{where} is not a binder adapter config (key 'format' must be {FORMAT!r})")

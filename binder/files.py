@@ -15,6 +15,7 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from binder.errors import BinderInputError
+from binder.errors import BinderInputError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -328,3 +329,15 @@ def _holder(fd: int) -> str:
         text = ""
     pid, _, command = text.partition(" ")
     return f"process {pid} ({command})" if pid.isdigit() else "another process"
+
+
+def read_json_config(folder: Path, name: str, what: str) -> Any:
+    """``folder / name`` parsed as UTF-8 JSON (a model's, an adapter's or an export's config); a
+    missing file (``folder`` is not ``what``) or a file that is not JSON is one ModelLoadError."""
+    path = folder / name
+    if not path.is_file():
+        raise ModelLoadError(f"{str(folder)!r} is not {what}: {name} is missing")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{str(path)!r} is not valid UTF-8 JSON: {err}") from None

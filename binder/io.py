@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from binder.anchor import build_anchor
 from binder.errors import BinderError, BinderInputError, ModelLoadError
 from binder.factory import ARCHITECTURES, FORMATS, MODELS, create_model, recognise
-from binder.files import atomic_folder, file_digest, recover
+from binder.files import atomic_folder, file_digest, read_json_config, recover
 from binder.registry import build_config, config_to_dict
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,7 @@ def save(model: Any, path: "str | Path") -> Path:
 def read_config(path: Path) -> Dict[str, Any]:
     """Read and check ``config.json`` of a model folder (every problem: one ModelLoadError)."""
     cfg_path = path / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise ModelLoadError(f"{str(path)!r} is not a binder model folder: {CONFIG_NAME} is missing")
-    try:
-        config = json.loads(cfg_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{str(cfg_path)!r} is not valid UTF-8 JSON: {err}") from None
+    config = read_json_config(path, CONFIG_NAME, "a binder model folder")
     where = repr(str(cfg_path))
     if not isinstance(config, dict):
         raise ModelLoadError(f"{where} must hold a JSON object, got a {type(config).__name__}")

@@ -9,7 +9,6 @@ be there with its SHA-256, every graph listed, nothing else claimed.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ from binder.anchor import ImageConfig
 from binder.embedding import EmbedMixin
 from binder.errors import BinderError, BinderInputError, ModelLoadError
 from binder.factory import FORMATS
-from binder.files import file_digest
+from binder.files import file_digest, read_json_config
 from binder.model import BindModel
 from binder.onnx.export import CONFIG_NAME, FORMAT, VERSION, require
 from binder.registry import build_config, get_modality
@@ -90,13 +89,7 @@ class OnnxAnchor:
 def read_onnx_config(path: Path) -> Dict[str, Any]:
     """Read and check ``binder-onnx.json`` (every problem: one ModelLoadError)."""
     where = repr(str(path / CONFIG_NAME))
-    try:
-        config = json.loads((path / CONFIG_NAME).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{str(path)!r} is not an ONNX export of a binder model: {CONFIG_NAME} is missing") \
-            from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{where} is not valid UTF-8 JSON: {err}") from None
+    config = read_json_config(path, CONFIG_NAME, "an ONNX export of a binder model")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ModelLoadError(f"{where} is not a binder ONNX config: key 'format' must be {FORMAT!r}")
     if not isinstance(config.get("version"), int) or config["version"] > VERSION:

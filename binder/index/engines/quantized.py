@@ -30,6 +30,7 @@ import numpy as np
 from binder.errors import BinderIndexError, BinderInputError
 from binder.index.engines.vectors import (
     EXACT_SUBSET,
+    IVF_TRAIN_PER_LIST,
     RECALL_QUERIES,
     RECALL_TARGET,
     VectorIndex,
@@ -48,7 +49,6 @@ MIN_DIMS = 64  # never project below this many directions
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 RERANKS = (20, 40, 80, 160, 320, 640)  # shortlist sizes (for k = 10; scaled for larger k)
 RERANK_COST = 4.0  # a re-ranked row costs this many code bytes scanned (random reads of float32 rows)
-TRAIN_PER_LIST = 50
 ROWS_MAGIC = b"BINDROWS"
 HEADER = 24  # magic + count + dim
 
@@ -180,7 +180,7 @@ class QuantizedIndex:
         faiss = _faiss()
         rng = np.random.default_rng(0)
         nlist = list_count(count, len(sample))
-        take = np.sort(rng.choice(len(sample), min(len(sample), TRAIN_PER_LIST * nlist), replace=False))
+        take = np.sort(rng.choice(len(sample), min(len(sample), IVF_TRAIN_PER_LIST * nlist), replace=False))
         train = np.ascontiguousarray(sample[take], dtype=np.float32)
         d, basis = projection_dims(train[:20_000])
         ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit,
@@ -253,10 +253,6 @@ class QuantizedIndex:
             return False
         want = list_count(len(self), len(self))
         return want >= 2 * self.ivf.nlist or 2 * want <= self.ivf.nlist
-
-    def rebuilt(self, kind: Optional[str] = None) -> Any:
-        """A fresh, untuned index (of ``kind``, default this one's) holding the live vectors."""
-        return rebuild(self, kind or KIND)
 
     # ----- search -----------------------------------------------------------------------------
 
@@ -407,7 +403,7 @@ def rebuild(source: Any, kind: str) -> Any:
     live = np.setdiff1d(source.ids(), source.tombstones)
     fresh = make(source.dim, kind)
     if kind in ("ivf", KIND) and len(live):
-        sample = np.random.default_rng(0).choice(live, min(len(live), TRAIN_PER_LIST * ivf_lists(len(live))),
+        sample = np.random.default_rng(0).choice(live, min(len(live), IVF_TRAIN_PER_LIST * ivf_lists(len(live))),
                                                  replace=False)
         fresh.train(source.vectors(np.sort(sample)), len(live))
     for start in range(0, len(live), 50_000):

@@ -147,19 +147,6 @@ class VectorIndex:
             return want >= 2 * self.index.nlist or 2 * want <= self.index.nlist  # ~ sqrt: a fourfold size change
         return False
 
-    def rebuilt(self, kind: Optional[str] = None) -> "VectorIndex":
-        """A fresh, untuned engine (of ``kind``, default this one's) holding the live vectors only."""
-        live = np.setdiff1d(self.ids(), self.tombstones)
-        fresh = VectorIndex(self.dim, kind or self.kind)
-        if fresh.kind == "ivf" and len(live):
-            sample = np.random.default_rng(0).choice(live, min(len(live), IVF_TRAIN_PER_LIST * ivf_lists(len(live))),
-                                                     replace=False)
-            fresh.train(self.vectors(np.sort(sample)), len(live))
-        for start in range(0, len(live), 50_000):
-            part = live[start : start + 50_000]
-            fresh.add(part, self.vectors(part))
-        return fresh
-
     # ----- tuning -----------------------------------------------------------------------------
 
     def tune(self, k: int = 10, target: float = RECALL_TARGET, seed: int = 0) -> Dict[str, Any]:
