@@ -40,21 +40,26 @@ def frame_sizes(sample_rate: int, frame_length_ms: float, frame_shift_ms: float)
     return window, shift, 1 << (window - 1).bit_length()
 
 
+def mel_banks(num_bins: int, fft_size: int, sample_rate: float, device: torch.device) -> torch.Tensor:
+    """(num_bins, fft_size // 2 + 1) HTK mel triangles from 20 Hz to Nyquist, Kaldi's exactly."""
+    from torchaudio.compliance.kaldi import get_mel_banks
+
+    banks, _ = get_mel_banks(num_bins, fft_size, float(sample_rate), LOW_FREQ, 0.0, 100.0, -500.0, 1.0)
+    return F.pad(banks, (0, 1)).to(device)  # the Nyquist bin gets no weight, as in Kaldi
+
+
 @functools.lru_cache(maxsize=16)
 def _filters(sample_rate: int, window: int, padded: int, num_mel_bins: int, window_type: str) -> Tuple[torch.Tensor,
                                                                                                         tuple]:
     """(window function (window,), mel filters in bands: per group of filters (first, last + 1,
     first bin, last bin + 1, their weights (bins, filters))) for float32 input."""
-    from torchaudio.compliance.kaldi import get_mel_banks
-
     if window_type == "hanning":
         win = torch.hann_window(window, periodic=False)
     elif window_type == "povey":
         win = torch.hann_window(window, periodic=False).pow(0.85)
     else:
         raise ValueError(f"window_type must be 'hanning' or 'povey', got {window_type!r}")
-    banks, _ = get_mel_banks(num_mel_bins, padded, float(sample_rate), LOW_FREQ, 0.0, 100.0, -500.0, 1.0)
-    banks = F.pad(banks, (0, 1)).T.float()  # (padded // 2 + 1, mel): the Nyquist bin has no filter
+    banks = mel_banks(num_mel_bins, padded, sample_rate, torch.device("cpu")).T.float()  # (padded // 2 + 1, mel)
     bands = []  # each group of filters covers a few neighbouring bins: multiply those only
     for m0 in range(0, banks.shape[1], FILTERS_PER_GROUP):
         m1 = min(m0 + FILTERS_PER_GROUP, banks.shape[1])
@@ -155,14 +160,6 @@ def frame_count(length: torch.Tensor, window: int, shift: int) -> torch.Tensor:
     return torch.clamp((length - window) // shift + 1, min=1)
 
 
-def mel_banks(num_bins: int, fft_size: int, sample_rate: float, device: torch.device) -> torch.Tensor:
-    """(num_bins, fft_size // 2 + 1) HTK mel triangles from 20 Hz to Nyquist, Kaldi's exactly."""
-    from torchaudio.compliance.kaldi import get_mel_banks
-
-    banks, _ = get_mel_banks(num_bins, fft_size, float(sample_rate), LOW_FREQ, 0.0, 100.0, -500.0, 1.0)
-    return F.pad(banks, (0, 1)).to(device)  # the Nyquist bin gets no weight, as in Kaldi
-
-
 def fbank(waves: torch.Tensor, lengths: torch.Tensor, sample_rate: int, num_mel_bins: int = 128,
           frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> torch.Tensor:
     """Log-mel energies of a batch of mono clips.
@@ -176,9 +173,7 @@ def fbank(waves: torch.Tensor, lengths: torch.Tensor, sample_rate: int, num_mel_
         (B, num_mel_bins, F) with F the frame count of the longest clip; a shorter clip's frames
         past its own count are 0.
     """
-    window = int(sample_rate * frame_length_ms / 1000)
-    shift = int(sample_rate * frame_shift_ms / 1000)
-    fft_size = 1 << (window - 1).bit_length()
+    window, shift, fft_size = frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
     waves = waves.float()
     if waves.shape[1] < window:
         waves = F.pad(waves, (0, window - waves.shape[1]))
