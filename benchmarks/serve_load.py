@@ -4,15 +4,16 @@ text latency while long uploads run, memory over many requests; batched against 
 A 10,000-item image index (vectors of the digits model's size, random unit vectors: search cost
 does not depend on the values) is served by uvicorn in a child process, with the audio encoder
 binder trains by default on the digits anchor's architecture (random weights), once with dynamic
-batching (``--max-batch 32``) and once without (``--max-batch 1``). The load generator is a
+batching (``--max-batch 32``), once without (``--max-batch 1``) and once batched with one server
+process per core (``--workers``, each with its own model and batcher). The load generator is a
 bounded asyncio script (httpx, one connection per virtual user):
 
 1. mixed queries (a third text, a third a 28 x 56 PNG image, a third a 2 s 16 kHz WAV) to
    ``POST /api/search`` at concurrency 1, 8 and 32, ``--requests`` per level: requests/s, p50, p95, p99;
 2. text-only queries at concurrency 4 while 4 clients (another process) upload 60 s 44.1 kHz
    stereo WAVs (10 MB) without pause: text p50 / p95;
-3. ``--soak`` mixed requests at concurrency 8, the server's resident memory sampled before and
-   after (``/proc/<pid>/status``).
+3. ``--soak`` mixed requests at concurrency 8 (the workers server), the resident memory of the
+   server's processes sampled before and after (``/proc/<pid>/status``).
 
 Prints a table, the ratio of concurrency 8 to 1 for each server, and writes
 ``benchmarks/serve_load.json``.
@@ -64,10 +65,10 @@ def torch_unit(n: int, d: int, seed: int) -> Any:
     return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
 
 
-def serve(folder: Path, port: int, max_batch: int) -> subprocess.Popen:
+def serve(folder: Path, port: int, max_batch: int, workers: int = 1) -> subprocess.Popen:
     """``binder serve`` in a child process, returned once it answers."""
     cmd = [sys.executable, "-m", "binder.cli", "serve", str(folder / "index"), "--model", str(folder / "model"),
-           "--port", str(port), "--max-batch", str(max_batch)]
+           "--port", str(port), "--max-batch", str(max_batch), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
 
@@ -160,10 +161,15 @@ def while_uploading(url: str, p: Dict[str, Any], texts: int) -> List[float]:
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the server's worker processes)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_mb(int(child))
+    return total
 
 
 def summary(lat: List[float], seconds: float) -> Dict[str, float]:
@@ -172,13 +178,14 @@ def summary(lat: List[float], seconds: float) -> Dict[str, float]:
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def measure(folder: Path, max_batch: int, args: argparse.Namespace, p: Dict[str, Any]) -> Dict[str, Any]:
+def measure(folder: Path, max_batch: int, args: argparse.Namespace, p: Dict[str, Any],
+            workers: int = 1) -> Dict[str, Any]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = serve(folder, port, max_batch)
+    proc = serve(folder, port, max_batch, workers)
     url = f"http://127.0.0.1:{port}/api/search"
-    out: Dict[str, Any] = {"max_batch": max_batch, "levels": {}}
+    out: Dict[str, Any] = {"max_batch": max_batch, "workers": workers, "levels": {}}
     try:
         asyncio.run(users(url, ["text", "image", "audio"], 30, 4, p))  # warm-up
         for level in (1, 8, 32):
@@ -186,13 +193,13 @@ def measure(folder: Path, max_batch: int, args: argparse.Namespace, p: Dict[str,
             lat = asyncio.run(users(url, ["text", "image", "audio"], args.requests, level, p))
             out["levels"][level] = summary(lat, time.perf_counter() - start)
             s = out["levels"][level]
-            print(f"max_batch {max_batch:>2}  concurrency {level:>2}: {s['rps']:7.1f} req/s  "
+            print(f"max_batch {max_batch:>2} x{workers}  concurrency {level:>2}: {s['rps']:7.1f} req/s  "
                   f"p50 {s['p50_ms']:7.1f} ms  p95 {s['p95_ms']:7.1f}  p99 {s['p99_ms']:7.1f}", flush=True)
         start = time.perf_counter()
         lat = while_uploading(url, p, args.texts)
         out["text_during_uploads"] = summary(lat, time.perf_counter() - start)
         s = out["text_during_uploads"]
-        print(f"max_batch {max_batch:>2}  text while 60 s WAVs upload: p50 {s['p50_ms']:.1f} ms  "
+        print(f"max_batch {max_batch:>2} x{workers}  text while 60 s WAVs upload: p50 {s['p50_ms']:.1f} ms  "
               f"p95 {s['p95_ms']:.1f} ms", flush=True)
         if args.soak:
             before = rss_mb(proc.pid)
@@ -201,8 +208,8 @@ def measure(folder: Path, max_batch: int, args: argparse.Namespace, p: Dict[str,
             out["soak"] = {**summary(lat, time.perf_counter() - start), "rss_before_mb": before,
                            "rss_after_mb": rss_mb(proc.pid)}
             s = out["soak"]
-            print(f"max_batch {max_batch:>2}  {args.soak} requests: server memory {s['rss_before_mb']:.0f} MB -> "
-                  f"{s['rss_after_mb']:.0f} MB", flush=True)
+            print(f"max_batch {max_batch:>2} x{workers}  {args.soak} requests: server memory "
+                  f"{s['rss_before_mb']:.0f} MB -> {s['rss_after_mb']:.0f} MB", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -214,7 +221,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     parser.add_argument("--texts", type=int, default=200, help="text queries measured during the uploads")
-    parser.add_argument("--soak", type=int, default=10_000, help="requests of the memory run (batched server only)")
+    parser.add_argument("--soak", type=int, default=10_000, help="requests of the memory run (the workers server only)")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                        help="server processes of the third server (default: one per core)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("serve_load.json")))
     args = parser.parse_args(argv)
     os.environ.setdefault("BINDER_CACHE", tempfile.mkdtemp(prefix="binder-cache-"))
@@ -224,13 +233,17 @@ def main(argv: List[str] = None) -> int:
         soak = args.soak
         args.soak = 0
         unbatched = measure(folder, 1, args, p)
-        args.soak = soak
         batched = measure(folder, 32, args, p)
-    result = {"items": args.items, "cores": os.cpu_count(), "unbatched": unbatched, "batched": batched}
-    for name, run in (("unbatched", unbatched), ("batched", batched)):
+        args.soak = soak
+        workers = measure(folder, 32, args, p, workers=args.workers)
+    result = {"items": args.items, "cores": os.cpu_count(), "unbatched": unbatched, "batched": batched,
+              "batched_workers": workers}
+    for name, run in (("unbatched", unbatched), ("batched", batched), (f"batched, {args.workers} workers", workers)):
         run["ratio_8_to_1"] = run["levels"][8]["rps"] / run["levels"][1]["rps"]
         print(f"{name}: concurrency 8 / concurrency 1 = x{run['ratio_8_to_1']:.2f}")
     print(f"batched / unbatched at concurrency 8: x{batched['levels'][8]['rps'] / unbatched['levels'][8]['rps']:.2f}")
+    gain = workers["levels"][8]["rps"] / batched["levels"][8]["rps"]
+    print(f"{args.workers} workers / 1 at concurrency 8: x{gain:.2f}")
     Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
 

@@ -9,16 +9,12 @@ uses the same MNIST instance twice. Its class is the *unordered* pair of its dig
 """
 from __future__ import annotations
 
-import random
 from itertools import combinations_with_replacement
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
 
-from binder.types import IMAGE, TEXT
 
 PAIRS: List[Tuple[int, int]] = list(combinations_with_replacement(range(10), 2))  # 55 unordered pairs a <= b
 PAIR_INDEX: Dict[Tuple[int, int], int] = {p: i for i, p in enumerate(PAIRS)}
@@ -61,42 +57,6 @@ def pair_captions(tokenize: Callable, classnames: Sequence[str]) -> torch.Tensor
         rows.append(torch.stack([tokenize([template.format(classnames[a], classnames[b]) for b in range(10)])
                                  for a in range(10)]))
     return torch.stack(rows)
-
-
-class CompositeCaptions(Dataset):
-    """Random composites of two distinct MNIST instances of a split, each with a random pair
-    caption (names in a random order); ``size`` fresh composites per epoch.
-
-    Args:
-        images: MNIST images (N, 28, 28) uint8.
-        labels: Their digits (N,).
-        indices: The split's instance indices.
-        preprocess: The anchor's image transform (PIL -> tensor).
-        captions: :func:`pair_captions` output (T, 10, 10, L).
-        size: Composites per epoch.
-        augment: Optional PIL augmentation of each half.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, preprocess: Callable,
-                 captions: torch.Tensor, size: int, augment: Callable = None) -> None:
-        self.images, self.labels, self.indices = images, labels, np.asarray(indices)
-        self.preprocess, self.captions, self.size, self.augment = preprocess, captions, size, augment
-
-    def __len__(self) -> int:
-        return self.size
-
-    def _half(self, i: int) -> np.ndarray:
-        img = Image.fromarray(self.images[i], mode="L")
-        return np.asarray(self.augment(img) if self.augment is not None else img)
-
-    def __getitem__(self, item: int) -> Dict[str, Any]:
-        i, j = (int(self.indices[k]) for k in random.sample(range(len(self.indices)), 2))  # two distinct instances
-        a, b = int(self.labels[i]), int(self.labels[j])
-        canvas = side_by_side(self._half(int(i)), self._half(int(j)))
-        t = random.randrange(self.captions.shape[0])
-        first, second = (a, b) if random.random() < 0.5 else (b, a)
-        return {IMAGE: self.preprocess(Image.fromarray(canvas, mode="L")), TEXT: self.captions[t, first, second],
-                "label": pair_label(a, b)}
 
 
 def composite_gallery(labels: np.ndarray, indices: np.ndarray, per_pair: int, seed: int) -> List[Tuple[int, int]]:

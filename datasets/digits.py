@@ -14,17 +14,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import lightning as L
 import numpy as np
 import torch
-from binder.datasets.composites import CompositeCaptions, pair_captions
 from binder.datasets.fsdd import Recording, list_recordings
 from binder.datasets.instances import InstancePairs, render_fixed
 from binder.datasets.mnist import load_mnist
 from binder.datasets.paths import data_root
 from lightning.pytorch.utilities import CombinedLoader
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from binder.config import SCHEMAS, build_dataclass
 from binder.training.cache import AnchorImages, CachedImages, target_key
@@ -303,57 +301,3 @@ class DigitsDataModule(PairedDataModule):
     def zero_shot_set(self, modality: str) -> tuple:
         """Held-out raw inputs (file paths or rendered items) and labels for zero-shot evaluation."""
         return list(self.test_items[modality]), np.asarray(self.test_labels[modality])
-
-
-class CaptionedDigits(Dataset):
-    """MNIST images with a random caption of their class on every read (anchor training)."""
-
-    def __init__(self, world: DigitsWorld, indices: np.ndarray, preprocess: Callable, captions: torch.Tensor,
-                 augment: Optional[Callable] = None) -> None:
-        self.world, self.indices, self.preprocess = world, indices, preprocess
-        self.captions, self.augment = captions, augment  # captions: (T, C, L)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        idx = int(self.indices[i])
-        label = int(self.world.labels[idx])
-        img = self.world.pil(idx)
-        if self.augment is not None:
-            img = self.augment(img)
-        t = random.randrange(self.captions.shape[0])
-        return {IMAGE: self.preprocess(img), TEXT: self.captions[t, label], "label": label}
-
-
-class DigitsCaptionDataModule(L.LightningDataModule):
-    """MNIST (image, caption) pairs for training the offline digits anchor: single digits with
-    their class captions, and ``composites`` fresh side-by-side pairs per epoch with pair captions
-    (``binder.datasets.composites``). Validation: the held-out single digits."""
-
-    def __init__(self, cfg: DigitsConfig, preprocess: Callable, tokenize: Callable, batch_size: int,
-                 augment: Optional[Callable] = None, composites: int = 0) -> None:
-        super().__init__()
-        self.cfg, self.preprocess, self.tokenize = cfg, preprocess, tokenize
-        self.batch_size, self.augment, self.composites = batch_size, augment, composites
-        self.world: Optional[DigitsWorld] = None
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.world is not None:
-            return
-        self.world = DigitsWorld(self.cfg)
-        captions = tokenize_prompts(self.tokenize, CLASSNAMES, TEMPLATES)
-        train = self.world.image_indices("train")
-        self.train_set = CaptionedDigits(self.world, train, self.preprocess, captions, self.augment)
-        if self.composites:
-            pairs = CompositeCaptions(self.world.images, self.world.labels, train, self.preprocess,
-                                      pair_captions(self.tokenize, CLASSNAMES), self.composites, self.augment)
-            self.train_set = ConcatDataset([self.train_set, pairs])
-        self.test_set = CaptionedDigits(self.world, self.world.image_indices("test"), self.preprocess, captions)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.cfg.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=256, num_workers=self.cfg.num_workers)

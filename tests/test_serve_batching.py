@@ -100,3 +100,69 @@ def test_the_page_answers_concurrent_queries_as_it_answers_each_alone(audio_mode
     assert stats["items"] == 16 and stats["batches"] < 16
     with pytest.raises(AttributeError):
         idx.model.no_such_thing
+
+
+def _children(pid: int) -> list:
+    from pathlib import Path
+
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux process tree")
+def test_worker_processes_serve_the_same_answers(audio_model, tmp_path):
+    """``binder serve --workers 2``: two server processes share the port and answer as in-process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from binder.index import Index
+    from binder.index.items import EmbedReport, Item
+    from binder.io import save
+
+    model_dir = save(audio_model, tmp_path / "model")
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(200, audio_model.anchor.embed_dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    idx = Index.from_embeddings(audio_model, EmbedReport([Item(f"i{i}") for i in range(200)], vectors, []), "image",
+                                tmp_path / "i")
+    idx.attach(audio_model)
+    words = ["a photo of one", "a photo of seven", "the digits 3 and 4."]
+    alone = {w: [h.id for h in idx.search(text=w, k=5)] for w in words}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "binder.cli", "serve", str(tmp_path / "i"), "--model", str(model_dir), "--port",
+           str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.stderr.read()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda w: httpx.post(url + "/api/search", data={"text": w, "k": "5"}).json(),
+                                    words * 4))
+        assert [[h["id"] for h in a["hits"]] for a in answers] == [alone[w] for w in words * 4]
+        lines = [open(f"/proc/{c}/cmdline").read() for c in _children(proc.pid)]
+        assert sum("spawn_main" in line for line in lines) == 2  # the two workers (not the resource tracker)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_workers_below_one_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "binder.cli", "serve", str(tmp_path / "none"), "--model", "m",
+                        "--workers", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--workers must be at least 1" in r.stderr
+    assert "Traceback" not in r.stderr

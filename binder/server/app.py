@@ -18,6 +18,7 @@ preprocesses its own inputs), their encoder calls batched across concurrent requ
 (:mod:`binder.server.batching`), and follow what other processes write to the index.
 """
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -192,14 +193,44 @@ def serve_media(index: Any, item_id: str, page: Page) -> Response:
                         filename=Path(item.file.real).name, content_disposition_type="attachment")
 
 
+SERVE_ENV = "BINDER_SERVE_SETTINGS"  # what each worker process of ``--workers N`` opens (JSON)
+
+
 def run_server(index_path: str, model: str, host: str = "127.0.0.1", port: int = 8765, max_batch: int = MAX_BATCH,
-               max_wait: float = MAX_WAIT) -> None:
-    """Open the index with its model and serve the page until interrupted."""
+               max_wait: float = MAX_WAIT, workers: int = 1) -> None:
+    """Open the index with its model and serve the page until interrupted. ``workers`` > 1:
+    that many server processes share the port (uvicorn's workers), each with its own model,
+    batcher and ``cores / workers`` torch threads, so parsing, decoding and preprocessing, which
+    hold Python's lock, run on every core at once."""
     import uvicorn
 
     from binder.index import Index
     from binder.io import load
 
-    index = Index.open(index_path, load(model))
-    log.warning("binder search page: http://%s:%d (index %s, %d items)", host, port, index.path, len(index))
-    uvicorn.run(create_app(index, max_batch, max_wait), host=host, port=port, log_level="warning")
+    if workers < 1:
+        raise BinderError(f"--workers must be at least 1, not {workers}")
+    index = Index.open(index_path, load(model))  # checked here, so a bad index or model is one line
+    log.warning("binder search page: http://%s:%d (index %s, %d items%s)", host, port, index.path, len(index),
+                f", {workers} worker processes" if workers > 1 else "")
+    if workers == 1:
+        uvicorn.run(create_app(index, max_batch, max_wait), host=host, port=port, log_level="warning")
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers) if hasattr(os, "sched_getaffinity") else 1
+    os.environ[SERVE_ENV] = json.dumps({"index": str(index.path), "model": model, "max_batch": max_batch,
+                                        "max_wait": max_wait, "threads": threads})
+    del index
+    uvicorn.run("binder.server.app:app_from_environment", factory=True, workers=workers, host=host, port=port,
+                log_level="warning")
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of ``binder serve --workers N`` (uvicorn calls it in each)."""
+    import torch
+
+    from binder.index import Index
+    from binder.io import load
+
+    settings = json.loads(os.environ[SERVE_ENV])
+    torch.set_num_threads(int(settings["threads"]))
+    index = Index.open(settings["index"], load(settings["model"]))
+    return create_app(index, int(settings["max_batch"]), float(settings["max_wait"]))
