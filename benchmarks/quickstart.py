@@ -68,13 +68,13 @@ def summarise(lines: List[tuple]) -> Dict[str, float]:
             "emergent_top1": top1("audio->text (emergent)")}
 
 
-def time_revision(rev: str, work: Path) -> Dict[str, float]:
-    """Clone ``rev`` beside the data and time its README's first command."""
-    clone = work / f"quickstart-{rev.replace('/', '_')}"
+def time_revision(rev: str, work: Path, caches: Path) -> Dict[str, float]:
+    """Clone ``rev`` into ``work`` (beside the data) and time its README's first command."""
+    clone = work / f"binder-quickstart-{rev.replace('/', '_')}-{os.getpid()}"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     subprocess.run(["git", "checkout", "-q", rev], cwd=clone, check=True)
     command = first_command((clone / "README.md").read_text())
-    env = {**os.environ, "BINDER_CACHE": str(work / f"cache-{rev}")}
+    env = {**os.environ, "BINDER_CACHE": str(caches / f"cache-{rev}")}
     env.pop("VIRTUAL_ENV", None)
     print(f"== {rev}: {command}", file=sys.stderr)
     result = {"revision": rev, "command": command, **summarise(stamped_run(command, clone, env))}
@@ -85,12 +85,12 @@ def time_revision(rev: str, work: Path) -> Dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("revisions", nargs="+", help="git revisions; the first is the baseline")
-    parser.add_argument("--work", default=None, help="where to clone (default: beside the repository, so "
-                                                     "../shared/data resolves as in a user's checkout)")
+    parser.add_argument("--work", default=str(REPO.parent), help="where to clone (default: beside this "
+                                                                 "checkout, so ../shared/data resolves as in it)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("quickstart.json")))
     args = parser.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="binder-quickstart-", dir=REPO.parent))
-    rows = [time_revision(rev, work) for rev in args.revisions]
+    caches = Path(tempfile.mkdtemp(prefix="binder-quickstart-caches-"))
+    rows = [time_revision(rev, Path(args.work), caches) for rev in args.revisions]
     base = rows[0]["total_s"]
     print(f"{'revision':<12} {'total':>8} {'install':>8} {'anchor':>8} {'audio':>8} {'anchor%':>8} "
           f"{'emergent%':>9} {'vs first':>9}")
@@ -99,7 +99,7 @@ def main() -> None:
         print(f"{r['revision']:<12} {r['total_s']:8.1f} {r['install_s']:8.1f} {r['anchor_s']:8.1f} "
               f"{r['audio_s']:8.1f} {r['anchor_top1']:8.1f} {r['emergent_top1']:9.1f} {r['speedup']:8.2f}x")
     Path(args.out).write_text(json.dumps({"cores": os.cpu_count(), "rows": rows}, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(caches, ignore_errors=True)
 
 
 if __name__ == "__main__":
