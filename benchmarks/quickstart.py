@@ -7,7 +7,8 @@ then the first command of its README's quick start block, exactly as written, wi
 found as users find it (``../shared/data`` beside the clone, or ``BINDER_DATA``). Package
 caches (pip's, uv's) are left as they are: warm them once beforehand so both revisions are
 timed on the same footing. Prints the wall time of the whole command, where it went (install,
-anchor, audio: from the run's own timestamped log lines), the anchor's and the emergent
+anchor, audio: from the run's own timestamped log lines; "install" runs until binder's first
+line, so it includes starting Python and importing binder), the anchor's and the emergent
 zero-shot top-1, the ratio to the first revision, and writes ``benchmarks/quickstart.json``.
 
     python benchmarks/quickstart.py 6ae1cc2 HEAD
@@ -74,10 +75,12 @@ def time_revision(rev: str, work: Path, caches: Path) -> Dict[str, float]:
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     subprocess.run(["git", "checkout", "-q", rev], cwd=clone, check=True)
     command = first_command((clone / "README.md").read_text())
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True).stdout
     env = {**os.environ, "BINDER_CACHE": str(caches / f"cache-{rev}")}
     env.pop("VIRTUAL_ENV", None)
     print(f"== {rev}: {command}", file=sys.stderr)
-    result = {"revision": rev, "command": command, **summarise(stamped_run(command, clone, env))}
+    result = {"revision": rev, "commit": sha.strip(), "command": command,
+              **summarise(stamped_run(command, clone, env))}
     shutil.rmtree(clone, ignore_errors=True)
     return result
 

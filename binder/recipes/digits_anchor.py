@@ -196,6 +196,7 @@ class DigitsAnchorRecipe:
         module = AnchorTrainingModule(clip, tokenizer, optim, CLASSNAMES, TEMPLATES, vocabulary)
         trainer = L.Trainer(max_epochs=self.epochs, accelerator="auto", devices=1, gradient_clip_val=1.0, logger=False,
                             enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
+                            check_val_every_n_epoch=self.epochs,  # the zero-shot of the finished anchor only
                             limit_train_batches=self.limit_train_batches or 1.0,
                             enable_progress_bar=sys.stderr.isatty(),
                             default_root_dir=str(run_dir) if run_dir else None)
