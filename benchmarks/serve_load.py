@@ -15,11 +15,16 @@ bounded asyncio script (httpx, one connection per virtual user):
 3. ``--soak`` mixed requests at concurrency 8 (the workers server), the resident memory of the
    server's processes sampled before and after (``/proc/<pid>/status``).
 
+With ``--generator wrk`` the mixed-query levels are driven by wrk (an existing C load generator,
+one thread, ``--seconds`` per level, the same 30 request bodies in turn) instead of the asyncio
+script, whose own Python work competes with the server for the same cores.
+
 Prints a table, the ratio of concurrency 8 to 1 for each server, and writes
-``benchmarks/serve_load.json``.
+``benchmarks/serve_load.json`` (``serve_load-wrk.json`` with wrk).
 
     python benchmarks/serve_load.py                       # the full run (10,000-request soak)
     python benchmarks/serve_load.py --requests 100 --soak 500
+    python benchmarks/serve_load.py --generator wrk --seconds 15 --soak 2000
 """
 from __future__ import annotations
 
@@ -130,6 +135,63 @@ async def users(url: str, kinds: List[str], total: int, concurrency: int, p: Dic
     return latencies
 
 
+WRK_SCRIPT = r"""
+local bodies, i = {}, 0
+function init(args)
+  for k, path in ipairs(args) do
+    local f = assert(io.open(path, "rb")); bodies[k] = f:read("*a"); f:close()
+  end
+end
+function request()
+  i = i % #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "multipart/form-data; boundary=BOUNDARY"}, bodies[i])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %d, "seconds": %f, "p50_ms": %f, "p95_ms": %f, "p99_ms": %f, '
+    .. '"errors": %d, "non2xx": %d}\n', summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(95) / 1e3, latency:percentile(99) / 1e3, e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+BOUNDARY = "binderbenchboundary"
+
+
+def multipart(fields: Dict[str, str], files: Dict[str, tuple]) -> bytes:
+    """A multipart/form-data body with the fixed ``BOUNDARY``."""
+    out = b""
+    for name, value in fields.items():
+        out += (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").encode()
+    for name, (filename, data, kind) in files.items():
+        out += (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
+                f"Content-Type: {kind}\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def wrk_level(url: str, concurrency: int, seconds: float, p: Dict[str, Any], folder: Path) -> Dict[str, float]:
+    """Mixed queries (text, image, audio in turn) from ``wrk`` (one thread, ``concurrency``
+    connections) for ``seconds``: the load generator costs a fraction of the Python one's CPU."""
+    script = folder / "mixed.lua"
+    script.write_text(WRK_SCRIPT.replace("BOUNDARY", BOUNDARY))
+    bodies = []
+    for i in range(30):
+        kind = ("text", "image", "audio")[i % 3]
+        req = request(kind, i // 3, p)
+        path = folder / f"body{i:02d}"
+        path.write_bytes(multipart(req["data"], req.get("files", {})))
+        bodies.append(str(path))
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script), url,
+           "--", *bodies]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"wrk failed ({run.returncode}): {run.stdout[-500:]} {run.stderr[-500:]}")
+    line = next(x for x in run.stdout.splitlines() if x.startswith("WRK "))
+    stats = json.loads(line[4:])
+    if stats["errors"] or stats["non2xx"]:
+        raise RuntimeError(f"wrk saw {stats['errors']} errors and {stats['non2xx']} non-200 answers:\n{run.stdout}")
+    return {"requests": stats["requests"], "rps": stats["requests"] / stats["seconds"], "p50_ms": stats["p50_ms"],
+            "p95_ms": stats["p95_ms"], "p99_ms": stats["p99_ms"], "generator": "wrk"}
+
+
 def _upload_forever(url: str, body: bytes) -> None:
     """(A child process) 4 clients posting 60 s WAVs without pause, until terminated."""
     import httpx
@@ -190,8 +252,12 @@ def measure(folder: Path, max_batch: int, args: argparse.Namespace, p: Dict[str,
         asyncio.run(users(url, ["text", "image", "audio"], 30, 4, p))  # warm-up
         for level in (1, 8, 32):
             start = time.perf_counter()
-            lat = asyncio.run(users(url, ["text", "image", "audio"], args.requests, level, p))
-            out["levels"][level] = summary(lat, time.perf_counter() - start)
+            if args.generator == "wrk":
+                with tempfile.TemporaryDirectory() as tmp:
+                    out["levels"][level] = wrk_level(url, level, args.seconds, p, Path(tmp))
+            else:
+                lat = asyncio.run(users(url, ["text", "image", "audio"], args.requests, level, p))
+                out["levels"][level] = summary(lat, time.perf_counter() - start)
             s = out["levels"][level]
             print(f"max_batch {max_batch:>2} x{workers}  concurrency {level:>2}: {s['rps']:7.1f} req/s  "
                   f"p50 {s['p50_ms']:7.1f} ms  p95 {s['p95_ms']:7.1f}  p99 {s['p99_ms']:7.1f}", flush=True)
@@ -221,10 +287,13 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     parser.add_argument("--texts", type=int, default=200, help="text queries measured during the uploads")
+    parser.add_argument("--generator", choices=["python", "wrk"], default="python",
+                        help="the mixed-query load: the bounded asyncio script, or wrk (apt install wrk)")
+    parser.add_argument("--seconds", type=float, default=15, help="seconds per concurrency level with wrk")
     parser.add_argument("--soak", type=int, default=10_000, help="requests of the memory run (the workers server only)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="server processes of the third server (default: one per core)")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("serve_load.json")))
+    parser.add_argument("--out", default=None, help="default: serve_load.json (serve_load-wrk.json with wrk)")
     args = parser.parse_args(argv)
     os.environ.setdefault("BINDER_CACHE", tempfile.mkdtemp(prefix="binder-cache-"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,7 +305,8 @@ def main(argv: List[str] = None) -> int:
         batched = measure(folder, 32, args, p)
         args.soak = soak
         workers = measure(folder, 32, args, p, workers=args.workers)
-    result = {"items": args.items, "cores": os.cpu_count(), "unbatched": unbatched, "batched": batched,
+    result = {"items": args.items, "cores": os.cpu_count(), "generator": args.generator, "unbatched": unbatched,
+              "batched": batched,
               "batched_workers": workers}
     for name, run in (("unbatched", unbatched), ("batched", batched), (f"batched, {args.workers} workers", workers)):
         run["ratio_8_to_1"] = run["levels"][8]["rps"] / run["levels"][1]["rps"]
@@ -244,7 +314,8 @@ def main(argv: List[str] = None) -> int:
     print(f"batched / unbatched at concurrency 8: x{batched['levels'][8]['rps'] / unbatched['levels'][8]['rps']:.2f}")
     gain = workers["levels"][8]["rps"] / batched["levels"][8]["rps"]
     print(f"{args.workers} workers / 1 at concurrency 8: x{gain:.2f}")
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    suffix = "-wrk" if args.generator == "wrk" else ""
+    Path(args.out or Path(__file__).with_name(f"serve_load{suffix}.json")).write_text(json.dumps(result, indent=2))
     return 0
 
 
