@@ -76,19 +76,24 @@ def test_a_lone_query_does_not_wait():
     batcher.close()
 
 
+def random_index(model, n: int, path):
+    """An image index of ``n`` random unit vectors of ``model``'s size, with ``model`` attached."""
+    from binder.index import Index
+    from binder.index.items import EmbedReport, Item
+
+    vectors = np.random.default_rng(n).normal(size=(n, model.anchor.embed_dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    idx = Index.from_embeddings(model, EmbedReport([Item(f"i{i}") for i in range(n)], vectors, []), "image", path)
+    idx.attach(model)
+    return idx
+
+
 def test_the_page_answers_concurrent_queries_as_it_answers_each_alone(audio_model, tmp_path):
     from fastapi.testclient import TestClient
 
-    from binder.index import Index
-    from binder.index.items import EmbedReport, Item
     from binder.server.app import create_app
 
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(300, audio_model.anchor.embed_dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    idx = Index.from_embeddings(audio_model, EmbedReport([Item(f"i{i}") for i in range(300)], vectors, []), "image",
-                                tmp_path / "i")
-    idx.attach(audio_model)
+    idx = random_index(audio_model, 300, tmp_path / "i")
     words = [f"a photo of {w}" for w in ("one", "two", "three", "four", "five", "six", "seven", "eight")]
     alone = {w: [h.id for h in idx.search(text=w, k=5)] for w in words}
     app = create_app(idx, max_batch=16, max_wait=0.05)
@@ -118,17 +123,10 @@ def test_worker_processes_serve_the_same_answers(audio_model, tmp_path):
 
     import httpx
 
-    from binder.index import Index
-    from binder.index.items import EmbedReport, Item
     from binder.io import save
 
     model_dir = save(audio_model, tmp_path / "model")
-    rng = np.random.default_rng(1)
-    vectors = rng.normal(size=(200, audio_model.anchor.embed_dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    idx = Index.from_embeddings(audio_model, EmbedReport([Item(f"i{i}") for i in range(200)], vectors, []), "image",
-                                tmp_path / "i")
-    idx.attach(audio_model)
+    idx = random_index(audio_model, 200, tmp_path / "i")
     words = ["a photo of one", "a photo of seven", "the digits 3 and 4."]
     alone = {w: [h.id for h in idx.search(text=w, k=5)] for w in words}
     with socket.socket() as s:
