@@ -167,19 +167,25 @@ def multipart(fields: Dict[str, str], files: Dict[str, tuple]) -> bytes:
     return out + f"--{BOUNDARY}--\r\n".encode()
 
 
-def wrk_level(url: str, concurrency: int, seconds: float, p: Dict[str, Any], folder: Path) -> Dict[str, float]:
-    """Mixed queries (text, image, audio in turn) from ``wrk`` (one thread, ``concurrency``
-    connections) for ``seconds``: the load generator costs a fraction of the Python one's CPU."""
+def wrk_workload(p: Dict[str, Any], folder: Path) -> List[str]:
+    """The wrk script and the 30 request bodies (text, image, audio in turn) in ``folder`` ->
+    [script, body, ...]."""
     script = folder / "mixed.lua"
     script.write_text(WRK_SCRIPT.replace("BOUNDARY", BOUNDARY))
-    bodies = []
+    files = [str(script)]
     for i in range(30):
-        kind = ("text", "image", "audio")[i % 3]
-        req = request(kind, i // 3, p)
+        req = request(("text", "image", "audio")[i % 3], i // 3, p)
         path = folder / f"body{i:02d}"
         path.write_bytes(multipart(req["data"], req.get("files", {})))
-        bodies.append(str(path))
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script), url,
+        files.append(str(path))
+    return files
+
+
+def wrk_level(url: str, concurrency: int, seconds: float, workload: List[str]) -> Dict[str, float]:
+    """Mixed queries from ``wrk`` (one thread, ``concurrency`` connections) for ``seconds``: the
+    load generator costs a fraction of the Python one's CPU."""
+    script, *bodies = workload
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", script, url,
            "--", *bodies]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
@@ -253,8 +259,7 @@ def measure(folder: Path, max_batch: int, args: argparse.Namespace, p: Dict[str,
         for level in (1, 8, 32):
             start = time.perf_counter()
             if args.generator == "wrk":
-                with tempfile.TemporaryDirectory() as tmp:
-                    out["levels"][level] = wrk_level(url, level, args.seconds, p, Path(tmp))
+                out["levels"][level] = wrk_level(url, level, args.seconds, p["wrk"])
             else:
                 lat = asyncio.run(users(url, ["text", "image", "audio"], args.requests, level, p))
                 out["levels"][level] = summary(lat, time.perf_counter() - start)
@@ -299,6 +304,8 @@ def main(argv: List[str] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_index(Path(tmp), args.items)
         p = payloads()
+        if args.generator == "wrk":
+            p["wrk"] = wrk_workload(p, Path(tmp))
         soak = args.soak
         args.soak = 0
         unbatched = measure(folder, 1, args, p)

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from binder.datasets.composites import PAIR_INDEX
+from binder.datasets.composites import pair_captions, pair_label
+from binder.datasets.digits import CLASSNAMES, TEMPLATES, tokenize_prompts
 from binder.types import IMAGE, TEXT
 
 SIDE = 28  # an MNIST digit is SIDE x SIDE; the canvas is SIDE x 2 * SIDE
+CENTRE = slice(SIDE // 2, SIDE // 2 + SIDE)  # the columns a single digit takes, centred on the canvas
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,8 @@ def random_affine(digits: torch.Tensor, jitter: Jitter, generator: torch.Generat
 
 
 def pair_labels() -> torch.Tensor:
-    """(10, 10) label of the composite of digits a and b (either order): 10 + pair index."""
-    table = torch.empty(10, 10, dtype=torch.long)
-    for a in range(10):
-        for b in range(10):
-            table[a, b] = 10 + PAIR_INDEX[(min(a, b), max(a, b))]
-    return table
+    """(10, 10) label of the composite of digits a and b (either order): ``pair_label`` as a table."""
+    return torch.tensor([[pair_label(a, b) for b in range(10)] for a in range(10)])
 
 
 class CaptionBatches(IterableDataset):
@@ -86,8 +84,7 @@ class CaptionBatches(IterableDataset):
         self.digits = torch.from_numpy(np.ascontiguousarray(images)).float() / 255  # (N, S, S)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.captions, self.pair_captions, self.pair_label = captions, pair_captions, pair_labels()
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean, self.std = mean, std
         self.batch_size, self.composites, self.jitter = batch_size, composites, jitter
         self.seed, self.epoch = seed, 0
         if len(self.digits) < 2 and composites:
@@ -118,7 +115,7 @@ class CaptionBatches(IterableDataset):
         b = len(first)
         canvas = torch.zeros(b, SIDE, 2 * SIDE)  # (B, S, 2S)
         single, pair = second < 0, second >= 0
-        canvas[single, :, SIDE // 2:SIDE // 2 + SIDE] = self._digits(first[single], gen)
+        canvas[single, :, CENTRE] = self._digits(first[single], gen)
         canvas[pair, :, :SIDE] = self._digits(first[pair], gen)
         canvas[pair, :, SIDE:] = self._digits(second[pair], gen)
         a = self.labels[first]
@@ -132,18 +129,21 @@ class CaptionBatches(IterableDataset):
             pick = torch.randint(0, len(self.pair_captions), (len(left),), generator=gen)
             text[pair] = self.pair_captions[pick, named[0], named[1]]
             labels[pair] = self.pair_label[left, right]
-        images = (canvas[:, None] - self.mean) / self.std  # (B, 3, S, 2S): grey broadcast over channels
-        return {IMAGE: images, TEXT: text, "label": labels}
+        return {IMAGE: normalise(canvas, self.mean, self.std), TEXT: text, "label": labels}
+
+
+def normalise(canvas: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Grey canvases (N, S, 2S) in [0, 1] -> (N, 3, S, 2S) with the anchor's per-channel mean and std."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    return (canvas[:, None] - mean_t) / torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
 
 def canvas_singles(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Digits (N, S, S) uint8 centred on the canvas and normalised, as open_clip's ``longest``
     transform makes them -> (N, 3, S, 2S)."""
-    digits = torch.from_numpy(np.ascontiguousarray(images)).float() / 255
-    canvas = torch.zeros(len(digits), 1, SIDE, 2 * SIDE)
-    canvas[:, 0, :, SIDE // 2:SIDE // 2 + SIDE] = digits
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    return (canvas - mean_t) / torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    canvas = torch.zeros(len(images), SIDE, 2 * SIDE)
+    canvas[:, :, CENTRE] = torch.from_numpy(np.ascontiguousarray(images)).float() / 255
+    return normalise(canvas, mean, std)
 
 
 class DigitsCaptionDataModule(L.LightningDataModule):
@@ -165,9 +165,6 @@ class DigitsCaptionDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        from binder.datasets.composites import pair_captions
-        from binder.datasets.digits import CLASSNAMES, TEMPLATES, tokenize_prompts
-
         train, test = self.world.image_indices("train"), self.world.image_indices("test")
         self.train_set = CaptionBatches(
             self.world.images[train], self.world.labels[train], tokenize_prompts(self.tokenize, CLASSNAMES, TEMPLATES),

@@ -3,8 +3,8 @@
 Pairs are drawn afresh every time an item is read, so every epoch re-pairs each recording with a
 new MNIST instance of its class. Held-out data never overlaps training data: MNIST instances
 from ``mnist_test_from`` on are test images, and FSDD takes ``0..test_takes-1`` (the dataset's
-usual split) or whole ``test_speakers`` are test recordings. The anchor's caption data (MNIST
-images with captions from many templates) lives here too.
+usual split) or whole ``test_speakers`` are test recordings. The captions' class names and
+templates live here too; the anchor's training batches are made in ``caption_batches``.
 """
 from __future__ import annotations
 

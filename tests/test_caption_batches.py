@@ -54,10 +54,10 @@ def test_without_jitter_singles_match_open_clip_longest_transform():
     from binder.anchor import register_open_clip_configs
 
     register_open_clip_configs()
-    _, _, preprocess = open_clip.create_model_and_transforms("binder-digits", pretrained=None,
-                                                             image_resize_mode="longest")
+    clip, _, preprocess = open_clip.create_model_and_transforms("binder-digits", pretrained=None,
+                                                                image_resize_mode="longest")
     images = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
-    cfg = open_clip.get_model_preprocess_cfg(open_clip.create_model("binder-digits", pretrained=None))
+    cfg = open_clip.get_model_preprocess_cfg(clip)
     ours = canvas_singles(images, cfg["mean"], cfg["std"])
     ref = torch.stack([preprocess(Image.fromarray(im, mode="L")) for im in images])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
