@@ -8,6 +8,7 @@ templates live here too; the anchor's training batches are made in ``caption_bat
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -68,6 +69,8 @@ class DigitsConfig:
     test_takes: int = 5  # with holdout=takes, takes 0..test_takes-1 are test
     test_speakers: List[str] = field(default_factory=lambda: ["yweweler"])  # with holdout=speakers
     speakers: Optional[List[str]] = None  # FSDD speakers to use at all (None: every one), e.g. to adapt to one
+    synthetic_speakers: int = 0  # text-to-speech voices added to the training split (needs binder-embed[speech])
+    synthetic_takes: int = 10  # takes of each digit per synthetic voice
     batch_size: int = 64  # pairs per training batch
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # seed of the fixed validation pairing and of the held-out renders
@@ -77,6 +80,9 @@ class DigitsConfig:
     def __post_init__(self) -> None:
         if self.holdout not in ("takes", "speakers"):
             raise BinderConfigError(f"data.holdout must be 'takes' or 'speakers', got {self.holdout!r}")
+        if self.synthetic_speakers < 0 or self.synthetic_takes < 1:
+            raise BinderConfigError(f"data.synthetic_speakers must be >= 0 and data.synthetic_takes >= 1, got "
+                                    f"{self.synthetic_speakers}, {self.synthetic_takes}")
         if self.batch_size < 1 or self.epoch_size < 1 or self.num_workers < 0:
             raise BinderConfigError(f"data.batch_size and data.epoch_size must be >= 1 and num_workers >= 0, got "
                                     f"{self.batch_size}, {self.epoch_size}, {self.num_workers}")
@@ -95,6 +101,8 @@ class DigitsWorld:
         self.recordings = list_recordings(root / "fsdd")
         if cfg.speakers is not None:
             self.recordings = [r for r in self.recordings if r.speaker in cfg.speakers]
+        if cfg.synthetic_speakers:
+            self.recordings += synthetic_recordings(cfg)
 
     def image_indices(self, split: str) -> np.ndarray:
         """MNIST instance indices of ``split`` ('train' or 'test')."""
@@ -102,6 +110,8 @@ class DigitsWorld:
         return idx[idx < self.cfg.mnist_test_from] if split == "train" else idx[idx >= self.cfg.mnist_test_from]
 
     def is_test_recording(self, rec: Recording) -> bool:
+        if rec.synthetic:
+            return False
         if self.cfg.holdout == "speakers":
             return rec.speaker in self.cfg.test_speakers
         return rec.take < self.cfg.test_takes
@@ -117,6 +127,14 @@ class DigitsWorld:
     def pil(self, index: int) -> Image.Image:
         """MNIST instance ``index`` as a PIL image."""
         return Image.fromarray(self.images[index], mode="L")
+
+
+def synthetic_recordings(cfg: DigitsConfig) -> List[Recording]:
+    """The ``data.synthetic_speakers`` text-to-speech voices' digits, as training recordings."""
+    from binder.datasets.synthetic_speech import synthetic_digits
+
+    folder = synthetic_digits(cfg.synthetic_speakers, cfg.synthetic_takes, cfg.seed, CLASSNAMES)
+    return [dataclasses.replace(r, synthetic=True) for r in list_recordings(folder)]
 
 
 def preprocess_images(world: DigitsWorld, indices: np.ndarray, preprocess: Callable) -> torch.Tensor:
@@ -216,6 +234,10 @@ class DigitsDataModule(PairedDataModule):
                 raise BinderConfigError(f"data root {str(root)!r} has no {folder}/ folder; set data.root or "
                                         "BINDER_DATA to a folder with mnist/ and fsdd/ (python -m "
                                         "binder.datasets.download --root DIR)")
+        if cfg.synthetic_speakers:
+            from binder.datasets.synthetic_speech import engine
+
+            engine()  # eSpeak NG is installed and starts, before anything expensive
         missing = [m for m in modalities if digits_source(m) is None]
         if missing:
             raise BinderConfigError(f"the digits world has no {missing} data; it has {digits_modalities()}")

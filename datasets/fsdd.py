@@ -11,7 +11,7 @@ import numpy as np
 from binder.datasets.sources import SOURCES, DigitsSource
 from binder.errors import BinderInputError
 
-_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
+_NAME = re.compile(r"^(\d)_([a-z][a-z0-9]*)_(\d+)\.wav$")
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Recording:
     digit: int
     speaker: str
     take: int
+    synthetic: bool = False  # a text-to-speech clip (training only), not a recording
 
 
 def list_recordings(root: "str | Path") -> List[Recording]:
