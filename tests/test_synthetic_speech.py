@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-pytest.importorskip("espeakng_loader")
-
-from binder.datasets import synthetic_speech as synth  # noqa: E402
-from binder.datasets.digits import CLASSNAMES, DigitsConfig, DigitsWorld  # noqa: E402
-from binder.errors import BinderConfigError  # noqa: E402
+from binder.datasets import synthetic_speech as synth
+from binder.datasets.digits import CLASSNAMES, DigitsConfig, DigitsWorld
+from binder.errors import BinderConfigError
 
 
 def test_clips_are_fsdd_like_and_reproducible(tmp_path):
