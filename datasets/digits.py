@@ -71,6 +71,9 @@ class DigitsConfig:
     speakers: Optional[List[str]] = None  # FSDD speakers to use at all (None: every one), e.g. to adapt to one
     synthetic_speakers: int = 0  # text-to-speech voices added to the training split (needs binder-embed[speech])
     synthetic_takes: int = 10  # takes of each digit per synthetic voice
+    synthetic_flite_speakers: int = 0  # CMU Flite voices added too (needs the `flite` program)
+    flite_voices: List[str] = field(default_factory=list)  # Flite voices to draw from: built-in names,
+    # .flitevox files or festvox.org voice names (cmu_us_..., downloaded once); empty: every built-in one
     batch_size: int = 64  # pairs per training batch
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # seed of the fixed validation pairing and of the held-out renders
@@ -80,9 +83,10 @@ class DigitsConfig:
     def __post_init__(self) -> None:
         if self.holdout not in ("takes", "speakers"):
             raise BinderConfigError(f"data.holdout must be 'takes' or 'speakers', got {self.holdout!r}")
-        if self.synthetic_speakers < 0 or self.synthetic_takes < 1:
-            raise BinderConfigError(f"data.synthetic_speakers must be >= 0 and data.synthetic_takes >= 1, got "
-                                    f"{self.synthetic_speakers}, {self.synthetic_takes}")
+        if self.synthetic_speakers < 0 or self.synthetic_flite_speakers < 0 or self.synthetic_takes < 1:
+            raise BinderConfigError("data.synthetic_speakers and data.synthetic_flite_speakers must be >= 0 and "
+                                    f"data.synthetic_takes >= 1, got {self.synthetic_speakers}, "
+                                    f"{self.synthetic_flite_speakers}, {self.synthetic_takes}")
         if self.batch_size < 1 or self.epoch_size < 1 or self.num_workers < 0:
             raise BinderConfigError(f"data.batch_size and data.epoch_size must be >= 1 and num_workers >= 0, got "
                                     f"{self.batch_size}, {self.epoch_size}, {self.num_workers}")
@@ -101,7 +105,7 @@ class DigitsWorld:
         self.recordings = list_recordings(root / "fsdd")
         if cfg.speakers is not None:
             self.recordings = [r for r in self.recordings if r.speaker in cfg.speakers]
-        if cfg.synthetic_speakers:
+        if cfg.synthetic_speakers or cfg.synthetic_flite_speakers:
             self.recordings += synthetic_recordings(cfg)
 
     def image_indices(self, split: str) -> np.ndarray:
@@ -130,11 +134,16 @@ class DigitsWorld:
 
 
 def synthetic_recordings(cfg: DigitsConfig) -> List[Recording]:
-    """The ``data.synthetic_speakers`` text-to-speech voices' digits, as training recordings."""
-    from binder.datasets.synthetic_speech import synthetic_digits
+    """The text-to-speech voices' digits (eSpeak NG, then Flite), as training recordings."""
+    from binder.datasets.synthetic_speech import Flite, synthetic_digits
 
-    folder = synthetic_digits(cfg.synthetic_speakers, cfg.synthetic_takes, cfg.seed, CLASSNAMES)
-    return [dataclasses.replace(r, synthetic=True) for r in list_recordings(folder)]
+    folders = []
+    if cfg.synthetic_speakers:
+        folders.append(synthetic_digits(cfg.synthetic_speakers, cfg.synthetic_takes, cfg.seed, CLASSNAMES))
+    if cfg.synthetic_flite_speakers:
+        folders.append(synthetic_digits(cfg.synthetic_flite_speakers, cfg.synthetic_takes, cfg.seed, CLASSNAMES,
+                                        tts=Flite(cfg.flite_voices)))
+    return [dataclasses.replace(r, synthetic=True) for folder in folders for r in list_recordings(folder)]
 
 
 def preprocess_images(world: DigitsWorld, indices: np.ndarray, preprocess: Callable) -> torch.Tensor:
@@ -238,6 +247,10 @@ class DigitsDataModule(PairedDataModule):
             from binder.datasets.synthetic_speech import engine
 
             engine()  # eSpeak NG is installed and starts, before anything expensive
+        if cfg.synthetic_flite_speakers:
+            from binder.datasets.synthetic_speech import Flite
+
+            Flite(cfg.flite_voices)  # so is Flite, with its voices
         missing = [m for m in modalities if digits_source(m) is None]
         if missing:
             raise BinderConfigError(f"the digits world has no {missing} data; it has {digits_modalities()}")

@@ -2,17 +2,26 @@
 
 Four recorded speakers are few to learn a speaker-independent digit from; keyword-spotting work
 trains on synthesised speech from many voices for that reason (Lin et al., "Training
-keyword spotters with limited and synthesized speech data", ICASSP 2020). binder synthesises
-the ten digit words with eSpeak NG (formant synthesis, shipped as a wheel by
-``espeakng-loader``, no download at run time): each synthetic speaker is one English accent x one
-voice variant x a speaking rate, pitch and pitch range drawn from a seeded generator, and each
-take re-draws a small jitter of rate and pitch. Clips are written as FSDD-like 8 kHz WAV files
-(``{digit}_synth{NN}_{take}.wav``) into binder's cache, keyed by the settings and the eSpeak
-version, once, atomically. They only ever join a training split (``data.synthetic_speakers``).
-eSpeak keeps a little state (pitch flutter, filter memory) from one utterance to the next, so
-making the clips again reproduces them closely (same voices, lengths and
-levels, waveform correlation about 0.99), not bit for bit; being cached, every run on a machine
-trains on the very same clips.
+keyword spotters with limited and synthesized speech data", ICASSP 2020). Two engines speak the
+ten digit words:
+
+* eSpeak NG (``data.synthetic_speakers``; formant synthesis, shipped as a wheel by
+  ``espeakng-loader``, no download at run time): each speaker is one English accent x one voice
+  variant x a speaking rate, pitch and pitch range drawn from a seeded generator.
+* CMU Flite (``data.synthetic_flite_speakers``; the ``flite`` program, e.g. ``apt install
+  flite``): its voices are built from recordings of real people (diphones, or statistical
+  parametric models of the CMU ARCTIC speakers), so they sound closer to a person than eSpeak's;
+  each speaker is one of ``data.flite_voices`` (the built-in ones, ``.flitevox`` files, or
+  festvox.org voices downloaded into binder's cache) x a duration stretch, target pitch and
+  pitch deviation.
+
+Each take re-draws a small jitter of rate and pitch. Clips are written as FSDD-like 8 kHz WAV
+files (``{digit}_synth{NN}_{take}.wav``, ``{digit}_flite{NN}_{take}.wav``) into binder's cache,
+keyed by the settings and the engine's version, once, atomically. They only ever join a training
+split. eSpeak keeps a little state (pitch flutter, filter memory) from one utterance to the
+next, so making the clips again reproduces them closely (same voices, lengths and levels,
+waveform correlation about 0.99), not bit for bit; being cached, every run on a machine trains
+on the very same clips.
 """
 from __future__ import annotations
 
@@ -24,7 +33,7 @@ import random
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -77,6 +86,23 @@ class _Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
 
+    name, prefix = "eSpeak NG", "synth"
+
+    def spec(self) -> Dict[str, Any]:
+        """What identifies this engine's clips (part of the cache key; written to voices.json)."""
+        return {"espeak": self.version, "accents": ACCENTS}
+
+    def draw(self, count: int, seed: int) -> List[Voice]:
+        return draw_voices(count, seed, self.variants())
+
+    @staticmethod
+    def jitter(voice: Voice, rng: random.Random) -> Voice:
+        """One take's voice: rate and pitch re-drawn a little around the speaker's."""
+        return Voice(voice.name, voice.rate + rng.randint(-20, 20), voice.pitch + rng.randint(-5, 5), voice.range)
+
+    def speak(self, text: str, voice: Voice) -> Tuple[np.ndarray, int]:
+        return self.say(text, voice), self.rate
+
     def variants(self) -> List[str]:
         """The voice variants eSpeak NG ships (``voices/!v``), sorted."""
         return sorted(p.name for p in (self.data / "voices" / "!v").iterdir() if p.is_file())
@@ -121,57 +147,167 @@ def draw_voices(count: int, seed: int, variants: List[str]) -> List[Voice]:
             for a, v in chosen]
 
 
+# --------------------------------------------------------------------------- CMU Flite
+FESTVOX_VOICES = "http://www.festvox.org/flite/packed/flite-2.0/voices/{name}.flitevox"
+LIMITED_DOMAIN = {"awb_time"}  # built-in voices that only speak clock times
+
+
+@dataclass(frozen=True)
+class FliteVoice:
+    """One Flite speaker: a voice (built-in name or ``.flitevox`` path) and its prosody."""
+
+    name: str
+    stretch: float  # duration stretch (1.0: the voice's own speed; higher is slower)
+    f0: float  # target mean pitch, Hz
+    f0_std: float  # target pitch deviation, Hz
+
+
+class Flite:
+    """CMU Flite through its ``flite`` program, with the voices it can speak in."""
+
+    name, prefix = "Flite", "flite"
+
+    def __init__(self, voices: Sequence[str] = (), cache: Optional[Path] = None) -> None:
+        import shutil
+
+        exe = shutil.which("flite")
+        if exe is None:
+            raise BinderConfigError("data.synthetic_flite_speakers needs CMU Flite's `flite` program on PATH "
+                                    "(Debian/Ubuntu: apt install flite; macOS: brew install flite)")
+        self.exe = exe
+        about = self._run("--version", check=False)  # flite --version exits 1
+        self.version = next((line.split(":", 1)[1].strip() for line in about.splitlines() if "version:" in line),
+                            about.strip()[-80:])
+        listed = self._run("-lv").split(":", 1)[-1].split()
+        self.builtin = [v for v in listed if v not in LIMITED_DOMAIN]
+        self.voices = [self._resolve(v, cache) for v in voices] or list(self.builtin)
+        if not self.voices:
+            raise BinderConfigError(f"{exe} lists no voices; set data.flite_voices to .flitevox files")
+
+    def _run(self, *args: str, check: bool = True) -> str:
+        import subprocess
+
+        done = subprocess.run([self.exe, *args], capture_output=True, text=True, timeout=120)
+        if check and (done.returncode != 0 or "Error load voice" in done.stderr + done.stdout):
+            # a voice that fails to load makes flite fall back to its default voice, exit status 0
+            raise BinderConfigError(f"{self.exe} {' '.join(args)} failed: {(done.stderr + done.stdout).strip()[-300:]}")
+        return done.stdout
+
+    def _resolve(self, voice: str, cache: Optional[Path]) -> str:
+        """A built-in name as is; a ``.flitevox`` path made absolute; a festvox.org voice downloaded."""
+        from binder.download import cache_dir, download
+
+        if voice in self.builtin:
+            return voice
+        path = Path(voice).expanduser()
+        if path.suffix == ".flitevox":
+            if not path.is_file():
+                raise BinderConfigError(f"data.flite_voices: {voice!r} is not a file")
+            return self._probe(path.resolve())
+        if voice.startswith("cmu_") and voice.isidentifier():
+            dest = cache_dir(cache) / "flite-voices" / f"{voice}.flitevox"
+            return self._probe(download(FESTVOX_VOICES.format(name=voice), dest))
+        raise BinderConfigError(f"data.flite_voices: {voice!r} is neither a built-in voice of {self.exe} "
+                                f"({self.builtin}), a .flitevox file, nor a festvox.org voice (cmu_us_...)")
+
+    def _probe(self, path: Path) -> str:
+        """``path`` once flite has loaded it (a broken voice file is an error, not flite's default voice)."""
+        try:
+            self._run("-voice", str(path), "-t", "one", "-o", "none")
+        except BinderConfigError as err:
+            raise BinderConfigError(f"data.flite_voices: {str(path)!r} is not a Flite voice ({err})") from None
+        return str(path)
+
+    def spec(self) -> Dict[str, Any]:
+        """What identifies this engine's clips (part of the cache key; written to voices.json)."""
+        from binder.files import file_digest
+
+        voices = [v if v in self.builtin else f"{Path(v).name}@{file_digest(v)[:16]}" for v in self.voices]
+        return {"flite": self.version, "flite_voices": voices}
+
+    def draw(self, count: int, seed: int) -> List[FliteVoice]:
+        """``count`` speakers: the voices in turn, each with its own speed and pitch."""
+        rng = random.Random(seed)
+        return [FliteVoice(self.voices[i % len(self.voices)], stretch=round(rng.uniform(0.8, 1.35), 3),
+                           f0=round(rng.uniform(80, 250), 1), f0_std=round(rng.uniform(5, 35), 1))
+                for i in range(count)]
+
+    @staticmethod
+    def jitter(voice: FliteVoice, rng: random.Random) -> FliteVoice:
+        """One take's voice: speed and pitch re-drawn a little around the speaker's."""
+        return FliteVoice(voice.name, voice.stretch * rng.uniform(0.95, 1.05), voice.f0 * rng.uniform(0.95, 1.05),
+                          voice.f0_std)
+
+    def speak(self, text: str, voice: FliteVoice) -> Tuple[np.ndarray, int]:
+        """Synthesise ``text`` in ``voice`` -> (float32 waveform, its sample rate)."""
+        import tempfile
+
+        import soundfile as sf
+
+        with tempfile.TemporaryDirectory(prefix="binder-flite-") as tmp:
+            out = Path(tmp) / "say.wav"
+            self._run("-voice", voice.name, "--setf", f"duration_stretch={voice.stretch:.3f}",
+                      "--setf", f"int_f0_target_mean={voice.f0:.1f}", "--setf", f"int_f0_target_stddev={voice.f0_std:.1f}",
+                      "-t", text, "-o", str(out))
+            wave, rate = sf.read(out, dtype="float32")
+        if wave.ndim != 1 or not wave.size:
+            raise BinderConfigError(f"Flite produced no audio for {text!r} in voice {voice.name!r}")
+        return wave, int(rate)
+
+
 def _clip(wave: np.ndarray, rate: int, rng: random.Random) -> np.ndarray:
-    """Resample to 8 kHz, trim the silence eSpeak leaves around a word, set a random peak level."""
+    """Resample to 8 kHz, trim the silence a synthesiser leaves around a word, set a random peak level."""
     import librosa
 
     wave = librosa.resample(wave, orig_sr=rate, target_sr=SAMPLE_RATE)
     wave, _ = librosa.effects.trim(wave, top_db=35)
-    peak = float(np.abs(wave).max())
+    peak = float(np.abs(wave).max()) if wave.size else 0.0
     if not np.isfinite(peak) or peak == 0.0:
-        raise BinderConfigError("eSpeak NG produced a silent clip")
+        raise BinderConfigError("the synthesiser produced a silent clip")
     return (wave * (rng.uniform(0.3, 0.9) / peak)).astype(np.float32)
 
 
-def _key(speakers: int, takes: int, seed: int, version: str, words: List[str]) -> str:
-    spec = {"speakers": speakers, "takes": takes, "seed": seed, "espeak": version, "words": words,
-            "accents": ACCENTS, "format": FORMAT, "rate": SAMPLE_RATE}
+def _key(speakers: int, takes: int, seed: int, engine_spec: Dict[str, Any], words: List[str]) -> str:
+    spec = {"speakers": speakers, "takes": takes, "seed": seed, "words": words, "format": FORMAT,
+            "rate": SAMPLE_RATE, **engine_spec}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _write(folder: Path, voices: List[Voice], takes: int, seed: int, words: List[str]) -> None:
+def _write(folder: Path, tts: Any, voices: List[Any], takes: int, seed: int, words: List[str]) -> None:
     import soundfile as sf
 
     from binder.logs import progress
 
-    tts = engine()
-    for s, voice in enumerate(progress(voices, desc="synthesising digit voices")):
+    for s, voice in enumerate(progress(voices, desc=f"synthesising digit voices ({tts.name})")):
         rng = random.Random(seed * 100003 + s)
         for take in range(takes):
-            jitter = Voice(voice.name, voice.rate + rng.randint(-20, 20), voice.pitch + rng.randint(-5, 5), voice.range)
+            jittered = tts.jitter(voice, rng)
             for digit, word in enumerate(words):
-                wave = _clip(tts.say(word, jitter), tts.rate, rng)
-                sf.write(folder / f"{digit}_synth{s:02d}_{take}.wav", wave, SAMPLE_RATE, subtype="PCM_16")
+                wave, rate = tts.speak(word, jittered)
+                sf.write(folder / f"{digit}_{tts.prefix}{s:02d}_{take}.wav", _clip(wave, rate, rng), SAMPLE_RATE,
+                         subtype="PCM_16")
     voices_json = [asdict(v) for v in voices]
-    (folder / "voices.json").write_text(json.dumps({"espeak": tts.version, "voices": voices_json}, indent=1))
+    (folder / "voices.json").write_text(json.dumps({**tts.spec(), "voices": voices_json}, indent=1))
 
 
-def synthetic_digits(speakers: int, takes: int, seed: int, words: List[str],
-                     cache: Optional[Path] = None) -> Path:
-    """The folder of ``speakers`` x ``takes`` x ``len(words)`` synthetic clips (made once, cached)."""
+def synthetic_digits(speakers: int, takes: int, seed: int, words: List[str], cache: Optional[Path] = None,
+                     tts: Any = None) -> Path:
+    """The folder of ``speakers`` x ``takes`` x ``len(words)`` clips of ``tts`` (default: eSpeak NG),
+    made once and cached."""
     from binder.download import cache_dir
     from binder.files import atomic_folder
 
     if speakers < 1 or takes < 1:
         raise BinderConfigError(f"data.synthetic_speakers and data.synthetic_takes must be >= 1, got {speakers}, {takes}")
-    tts = engine()
-    folder = cache_dir(cache) / "synthetic-digits" / _key(speakers, takes, seed, tts.version, words)
+    tts = tts or engine()
+    folder = cache_dir(cache) / "synthetic-digits" / _key(speakers, takes, seed, tts.spec(), words)
     if (folder / "voices.json").is_file():
         return folder
-    voices = draw_voices(speakers, seed, tts.variants())
-    log.info("synthesising %d speakers x %d takes of %d digits into %s", speakers, takes, len(words), folder)
+    voices = tts.draw(speakers, seed)
+    log.info("synthesising %d %s speakers x %d takes of %d digits into %s", speakers, tts.name, takes,
+             len(words), folder)
     with atomic_folder(folder) as tmp:
-        _write(tmp, voices, takes, seed, words)
+        _write(tmp, tts, voices, takes, seed, words)
     return folder
 
 

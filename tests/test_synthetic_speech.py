@@ -1,6 +1,13 @@
-"""Synthetic digit voices (eSpeak NG): reproducible, cached once, training split only, clear errors."""
+"""Synthetic digit voices (eSpeak NG, CMU Flite): reproducible, cached once, training split only, clear errors.
+
+The Flite tests need the ``flite`` program (Debian: apt-get install flite); they skip without it,
+unless ``BINDER_REQUIRE_FLITE=1`` (CI installs it and sets that), when they fail."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -97,3 +104,89 @@ def test_unseen_speakers_recipe_composes(compose, tmp_path):
     assert fold.modality.audio.augment.variants == 4 and fold.trainer.max_epochs == 10
     single = compose(["experiment=unseen_speakers", f"run_dir={tmp_path}"])
     assert single.task == "binder.training.bind" and single.data.synthetic_speakers == 600
+
+
+# --------------------------------------------------------------------------- CMU Flite
+@pytest.fixture
+def flite():
+    """Skip (or, with BINDER_REQUIRE_FLITE=1, fail) without the ``flite`` program."""
+    if shutil.which("flite") is None:
+        if os.environ.get("BINDER_REQUIRE_FLITE") == "1":
+            pytest.fail("no flite program (BINDER_REQUIRE_FLITE=1): apt-get install flite")
+        pytest.skip("no flite program (apt-get install flite)")
+
+
+def test_flite_clips_are_fsdd_like_and_reproducible(flite, tmp_path):
+    tts = synth.Flite()
+    assert tts.voices and "awb_time" not in tts.voices  # a clock-only voice cannot say the digits
+    a = synth.synthetic_digits(2, 1, seed=3, words=CLASSNAMES, cache=tmp_path / "a", tts=tts)
+    b = synth.synthetic_digits(2, 1, seed=3, words=CLASSNAMES, cache=tmp_path / "b", tts=synth.Flite())
+    names = sorted(p.name for p in a.glob("*.wav"))
+    assert len(names) == 2 * 10 and names[0] == "0_flite00_0.wav"
+    for name in names:
+        wave, rate = sf.read(a / name)
+        assert rate == 8000 and 0.1 < len(wave) / rate < 2.0
+        assert np.isfinite(wave).all() and 0.25 < np.abs(wave).max() < 0.95
+        assert (b / name).read_bytes() == (a / name).read_bytes()  # Flite keeps no state: bit for bit
+    voices = [v["name"] for v in json.loads((a / "voices.json").read_text())["voices"]]
+    assert voices == tts.voices[:2]
+    espeak = synth.synthetic_digits(2, 1, seed=3, words=CLASSNAMES, cache=tmp_path / "a")
+    assert espeak != a  # one cache folder per engine
+
+
+def test_flite_prosody_changes_the_voice(flite):
+    tts = synth.Flite(["slt"])
+    slow, fast = (tts.speak("seven", synth.FliteVoice("slt", s, 150.0, 10.0))[0] for s in (1.3, 0.8))
+    assert len(slow) > 1.3 * len(fast)
+
+
+def test_flite_voices_resolve(flite, tmp_path, monkeypatch):
+    assert synth.Flite(["slt", "kal"]).voices == ["slt", "kal"]
+    with pytest.raises(BinderConfigError, match="neither a built-in voice"):
+        synth.Flite(["nobody"])
+    with pytest.raises(BinderConfigError, match="is not a file"):
+        synth.Flite([str(tmp_path / "missing.flitevox")])
+    (tmp_path / "bad.flitevox").write_text("not a voice")  # flite itself would fall back to its default voice
+    with pytest.raises(BinderConfigError, match="is not a Flite voice"):
+        synth.Flite([str(tmp_path / "bad.flitevox")])
+    subprocess.run(["flite", "-voice", "slt", "-voicedump", str(tmp_path / "slt.flitevox")], check=True)
+    dumped = synth.Flite([str(tmp_path / "slt.flitevox")])
+    assert dumped.voices == [str(tmp_path / "slt.flitevox")] and dumped.spec()["flite_voices"][0].startswith("slt.")
+    wave, rate = dumped.speak("three", synth.FliteVoice(dumped.voices[0], 1.0, 150.0, 10.0))
+    same, _ = synth.Flite(["slt"]).speak("three", synth.FliteVoice("slt", 1.0, 150.0, 10.0))
+    assert np.array_equal(wave, same)  # the file's voice, not flite's default one
+    fetched = []
+
+    def fake_download(url, dest, **kwargs):
+        fetched.append((url, dest))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["flite", "-voice", "slt", "-voicedump", str(dest)], check=True)
+        return dest
+
+    monkeypatch.setattr("binder.download.download", fake_download)
+    tts = synth.Flite(["cmu_us_ljm"], cache=tmp_path)
+    assert fetched == [("http://www.festvox.org/flite/packed/flite-2.0/voices/cmu_us_ljm.flitevox",
+                        tmp_path / "flite-voices" / "cmu_us_ljm.flitevox")]
+    assert tts.voices == [str(tmp_path / "flite-voices" / "cmu_us_ljm.flitevox")]
+
+
+def test_flite_missing_is_one_clear_error(data_root, monkeypatch):
+    from binder.datasets.digits import DigitsDataModule
+
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(BinderConfigError, match="apt install flite"):
+        synth.Flite()
+    with pytest.raises(BinderConfigError, match="apt install flite"):  # the data check, before anything expensive
+        DigitsDataModule.check({"root": str(data_root), "synthetic_flite_speakers": 2}, ["audio"], "image")
+
+
+def test_flite_voices_join_the_training_split_only(flite, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("BINDER_CACHE", str(tmp_path))
+    world = DigitsWorld(DigitsConfig(root=str(data_root), holdout="speakers", test_speakers=["george"],
+                                     synthetic_speakers=1, synthetic_flite_speakers=2, synthetic_takes=1,
+                                     flite_voices=["kal", "slt"]))
+    extra = [r for r in world.recordings_of("train") if r.synthetic]
+    assert {r.speaker for r in extra} == {"synth00", "flite00", "flite01"} and len(extra) == 30
+    assert not any(r.synthetic for r in world.recordings_of("test"))
+    with pytest.raises(BinderConfigError, match="synthetic_flite_speakers"):
+        DigitsConfig(synthetic_flite_speakers=-1)
