@@ -13,7 +13,7 @@ import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -133,16 +133,20 @@ class DigitsWorld:
         return Image.fromarray(self.images[index], mode="L")
 
 
+def synthetic_engines(cfg: DigitsConfig) -> List[Tuple[int, Any]]:
+    """(speakers, started engine) for each text-to-speech engine the config asks voices of."""
+    from binder.datasets.synthetic_speech import Flite, engine
+
+    wanted = [(cfg.synthetic_speakers, engine), (cfg.synthetic_flite_speakers, lambda: Flite(cfg.flite_voices))]
+    return [(count, start()) for count, start in wanted if count]
+
+
 def synthetic_recordings(cfg: DigitsConfig) -> List[Recording]:
     """The text-to-speech voices' digits (eSpeak NG, then Flite), as training recordings."""
-    from binder.datasets.synthetic_speech import Flite, synthetic_digits
+    from binder.datasets.synthetic_speech import synthetic_digits
 
-    folders = []
-    if cfg.synthetic_speakers:
-        folders.append(synthetic_digits(cfg.synthetic_speakers, cfg.synthetic_takes, cfg.seed, CLASSNAMES))
-    if cfg.synthetic_flite_speakers:
-        folders.append(synthetic_digits(cfg.synthetic_flite_speakers, cfg.synthetic_takes, cfg.seed, CLASSNAMES,
-                                        tts=Flite(cfg.flite_voices)))
+    folders = [synthetic_digits(count, cfg.synthetic_takes, cfg.seed, CLASSNAMES, tts=tts)
+               for count, tts in synthetic_engines(cfg)]
     return [dataclasses.replace(r, synthetic=True) for folder in folders for r in list_recordings(folder)]
 
 
@@ -243,14 +247,7 @@ class DigitsDataModule(PairedDataModule):
                 raise BinderConfigError(f"data root {str(root)!r} has no {folder}/ folder; set data.root or "
                                         "BINDER_DATA to a folder with mnist/ and fsdd/ (python -m "
                                         "binder.datasets.download --root DIR)")
-        if cfg.synthetic_speakers:
-            from binder.datasets.synthetic_speech import engine
-
-            engine()  # eSpeak NG is installed and starts, before anything expensive
-        if cfg.synthetic_flite_speakers:
-            from binder.datasets.synthetic_speech import Flite
-
-            Flite(cfg.flite_voices)  # so is Flite, with its voices
+        synthetic_engines(cfg)  # eSpeak NG / Flite are installed and start, before anything expensive
         missing = [m for m in modalities if digits_source(m) is None]
         if missing:
             raise BinderConfigError(f"the digits world has no {missing} data; it has {digits_modalities()}")

@@ -33,7 +33,7 @@ import random
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -59,8 +59,25 @@ class Voice:
     range: int  # pitch range 0-100 (default 50)
 
 
+class SpeechEngine(Protocol):
+    """What a synthesiser gives :func:`synthetic_digits`: its voices, takes and clips."""
+
+    name: str  # for logs
+    prefix: str  # speaker-name prefix of its clips (``{digit}_{prefix}{NN}_{take}.wav``)
+
+    def spec(self) -> Dict[str, Any]: ...  # what identifies its clips (the cache key; voices.json)
+
+    def draw(self, count: int, seed: int) -> List[Any]: ...  # ``count`` distinct speakers
+
+    def jitter(self, voice: Any, rng: random.Random) -> Any: ...  # one take's voice
+
+    def speak(self, text: str, voice: Any) -> Tuple[np.ndarray, int]: ...  # (waveform, sample rate)
+
+
 class _Espeak:
     """The eSpeak NG library through ctypes (one per process; the library holds global state)."""
+
+    name, prefix = "eSpeak NG", "synth"
 
     def __init__(self) -> None:
         try:
@@ -86,13 +103,12 @@ class _Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
 
-    name, prefix = "eSpeak NG", "synth"
-
     def spec(self) -> Dict[str, Any]:
         """What identifies this engine's clips (part of the cache key; written to voices.json)."""
         return {"espeak": self.version, "accents": ACCENTS}
 
     def draw(self, count: int, seed: int) -> List[Voice]:
+        """``count`` distinct speakers (see :func:`draw_voices`)."""
         return draw_voices(count, seed, self.variants())
 
     @staticmethod
@@ -101,6 +117,7 @@ class _Espeak:
         return Voice(voice.name, voice.rate + rng.randint(-20, 20), voice.pitch + rng.randint(-5, 5), voice.range)
 
     def speak(self, text: str, voice: Voice) -> Tuple[np.ndarray, int]:
+        """Synthesise ``text`` in ``voice`` -> (float32 waveform, its sample rate)."""
         return self.say(text, voice), self.rate
 
     def variants(self) -> List[str]:
@@ -273,7 +290,7 @@ def _key(speakers: int, takes: int, seed: int, engine_spec: Dict[str, Any], word
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _write(folder: Path, tts: Any, voices: List[Any], takes: int, seed: int, words: List[str]) -> None:
+def _write(folder: Path, tts: SpeechEngine, voices: List[Any], takes: int, seed: int, words: List[str]) -> None:
     import soundfile as sf
 
     from binder.logs import progress
@@ -291,14 +308,14 @@ def _write(folder: Path, tts: Any, voices: List[Any], takes: int, seed: int, wor
 
 
 def synthetic_digits(speakers: int, takes: int, seed: int, words: List[str], cache: Optional[Path] = None,
-                     tts: Any = None) -> Path:
+                     tts: Optional[SpeechEngine] = None) -> Path:
     """The folder of ``speakers`` x ``takes`` x ``len(words)`` clips of ``tts`` (default: eSpeak NG),
     made once and cached."""
     from binder.download import cache_dir
     from binder.files import atomic_folder
 
     if speakers < 1 or takes < 1:
-        raise BinderConfigError(f"data.synthetic_speakers and data.synthetic_takes must be >= 1, got {speakers}, {takes}")
+        raise BinderConfigError(f"synthetic speakers and data.synthetic_takes must be >= 1, got {speakers}, {takes}")
     tts = tts or engine()
     folder = cache_dir(cache) / "synthetic-digits" / _key(speakers, takes, seed, tts.spec(), words)
     if (folder / "voices.json").is_file():
