@@ -26,6 +26,7 @@ on the very same clips.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -179,6 +180,19 @@ class FliteVoice:
     f0_std: float  # target pitch deviation, Hz
 
 
+def voice_digest(path: "str | Path") -> str:
+    """The first 16 hex digits of a voice file's sha256, read once per version of the file in a process."""
+    stat = Path(path).stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    from binder.files import file_digest
+
+    return file_digest(path)[:16]
+
+
 class Flite:
     """CMU Flite through its ``flite`` program, with the voices it can speak in."""
 
@@ -237,9 +251,7 @@ class Flite:
 
     def spec(self) -> Dict[str, Any]:
         """What identifies this engine's clips (part of the cache key; written to voices.json)."""
-        from binder.files import file_digest
-
-        voices = [v if v in self.builtin else f"{Path(v).name}@{file_digest(v)[:16]}" for v in self.voices]
+        voices = [v if v in self.builtin else f"{Path(v).name}@{voice_digest(v)}" for v in self.voices]
         return {"flite": self.version, "flite_voices": voices}
 
     def draw(self, count: int, seed: int) -> List[FliteVoice]:

@@ -81,6 +81,20 @@ def test_training_split_only(data_root, tmp_path, monkeypatch):
     assert not any(r.synthetic for r in takes.recordings_of("test"))  # take 0 of a voice is not a test take
 
 
+def test_voice_files_are_hashed_once_per_version(tmp_path, monkeypatch):
+    import binder.files
+
+    reads = []
+    real = binder.files.file_digest
+    monkeypatch.setattr(binder.files, "file_digest", lambda p: reads.append(p) or real(p))
+    voice = tmp_path / "v.flitevox"
+    voice.write_bytes(b"voice one")
+    first = synth.voice_digest(voice)
+    assert synth.voice_digest(voice) == first and len(reads) == 1  # the second call is remembered
+    voice.write_bytes(b"voice two, edited")
+    assert synth.voice_digest(voice) != first and len(reads) == 2  # an edited file is read again
+
+
 def test_bad_settings(monkeypatch):
     with pytest.raises(BinderConfigError, match="synthetic_speakers"):
         DigitsConfig(synthetic_speakers=-1)
