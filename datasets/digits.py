@@ -13,6 +13,7 @@ import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,7 +24,7 @@ from binder.datasets.mnist import load_mnist
 from binder.datasets.paths import data_root
 from lightning.pytorch.utilities import CombinedLoader
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from binder.config import SCHEMAS, build_dataclass
 from binder.training.cache import AnchorImages, CachedImages, target_key
@@ -74,6 +75,8 @@ class DigitsConfig:
     synthetic_flite_speakers: int = 0  # CMU Flite voices added too (needs the `flite` program)
     flite_voices: List[str] = field(default_factory=list)  # Flite voices to draw from: built-in names,
     # .flitevox files or festvox.org voice names (cmu_us_..., downloaded once); empty: every built-in one
+    synthetic_share: Optional[float] = None  # share of each epoch's training pairs drawn from the synthetic
+    # voices (sampled with replacement, the epoch's size kept); None: their share of the clips
     batch_size: int = 64  # pairs per training batch
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # seed of the fixed validation pairing and of the held-out renders
@@ -87,6 +90,8 @@ class DigitsConfig:
             raise BinderConfigError("data.synthetic_speakers and data.synthetic_flite_speakers must be >= 0 and "
                                     f"data.synthetic_takes >= 1, got {self.synthetic_speakers}, "
                                     f"{self.synthetic_flite_speakers}, {self.synthetic_takes}")
+        if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
+            raise BinderConfigError(f"data.synthetic_share must be in (0, 1) or null, got {self.synthetic_share!r}")
         if self.batch_size < 1 or self.epoch_size < 1 or self.num_workers < 0:
             raise BinderConfigError(f"data.batch_size and data.epoch_size must be >= 1 and num_workers >= 0, got "
                                     f"{self.batch_size}, {self.epoch_size}, {self.num_workers}")
@@ -139,6 +144,19 @@ def synthetic_engines(cfg: DigitsConfig) -> List[Tuple[int, Any]]:
 
     wanted = [(cfg.synthetic_speakers, engine), (cfg.synthetic_flite_speakers, lambda: Flite(cfg.flite_voices))]
     return [(count, start()) for count, start in wanted if count]
+
+
+def share_weights(paths: Sequence[Path], world: DigitsWorld, share: float) -> np.ndarray:
+    """Sampling weights (N,) that draw ``share`` of an epoch from the synthetic voices' clips among
+    ``paths`` and the rest from the recordings, each clip of a kind equally often."""
+    synthetic = {r.path for r in world.recordings if r.synthetic}
+    is_synthetic = np.array([p in synthetic for p in paths])
+    count = int(is_synthetic.sum())
+    if count == 0 or count == len(paths):
+        raise BinderConfigError(f"data.synthetic_share={share} needs both recordings and synthetic voices in the "
+                                f"training split; it holds {count} synthetic clips of {len(paths)} (set "
+                                "data.synthetic_speakers or data.synthetic_flite_speakers, or synthetic_share=null)")
+    return np.where(is_synthetic, share / count, (1 - share) / (len(paths) - count))
 
 
 def synthetic_recordings(cfg: DigitsConfig) -> List[Recording]:
@@ -235,6 +253,7 @@ class DigitsDataModule(PairedDataModule):
         self.world: Optional[DigitsWorld] = None
         self.test_items: Dict[str, list] = {}
         self.test_labels: Dict[str, np.ndarray] = {}
+        self.train_weights: Dict[str, np.ndarray] = {}  # per-item sampling weights (data.synthetic_share)
 
     @classmethod
     def check(cls, options: Dict[str, Any], modalities: Sequence[str], target: str) -> str:
@@ -298,6 +317,8 @@ class DigitsDataModule(PairedDataModule):
                  for r in progress(raw, f"{modality} {split}" + (f" (+{variants} variants each)" if variants else ""))]
         if split == "test":
             self.test_items[modality], self.test_labels[modality] = list(raw), np.asarray(labels)
+        elif self.cfg.synthetic_share is not None:
+            self.train_weights[modality] = share_weights(raw, self.world, self.cfg.synthetic_share)
         return PairedDigits(
             modality, items, labels, self.target, images=images,
             image_labels=self.world.labels[self.world.image_indices(split)], captions=captions,
@@ -320,10 +341,17 @@ class DigitsDataModule(PairedDataModule):
             epoch_size=self.cfg.epoch_size)
 
     def train_dataloader(self) -> CombinedLoader:
-        return combine({m: DataLoader(self.train_sets[m], batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-                                      num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
+        return combine({m: DataLoader(self.train_sets[m], batch_size=self.cfg.batch_size, drop_last=True,
+                                      **self._order(m), num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
                                       persistent_workers=self.cfg.num_workers > 0)
                         for m in self.modalities})
+
+    def _order(self, modality: str) -> Dict[str, Any]:
+        """A shuffled epoch, or one drawn by ``data.synthetic_share``'s weights (same size, with replacement)."""
+        weights = self.train_weights.get(modality)
+        if weights is None:
+            return {"shuffle": True}
+        return {"sampler": WeightedRandomSampler(torch.from_numpy(weights), num_samples=len(weights), replacement=True)}
 
     def val_dataloader(self) -> List[DataLoader]:
         return [DataLoader(self.val_sets[m], batch_size=self.cfg.batch_size * 2, num_workers=self.cfg.num_workers,

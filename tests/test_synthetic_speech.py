@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from binder.datasets import synthetic_speech as synth
 from binder.datasets.digits import CLASSNAMES, DigitsConfig, DigitsWorld
@@ -79,6 +80,49 @@ def test_training_split_only(data_root, tmp_path, monkeypatch):
     assert sorted({r.digit for r in extra}) == list(range(10)) and {r.take for r in extra} == {0, 1}
     takes = DigitsWorld(DigitsConfig(root=str(data_root), synthetic_speakers=3, synthetic_takes=2))
     assert not any(r.synthetic for r in takes.recordings_of("test"))  # take 0 of a voice is not a test take
+
+
+def test_synthetic_share_sets_each_epoch_s_mix(data_root, tmp_path, monkeypatch):
+    from binder.datasets.digits import share_weights
+
+    monkeypatch.setenv("BINDER_CACHE", str(tmp_path))
+    world = DigitsWorld(DigitsConfig(root=str(data_root), speakers=["george", "jackson"], synthetic_speakers=4,
+                                     synthetic_takes=2))
+    paths = [r.path for r in world.recordings_of("train")]  # 900 recordings + 80 synthetic clips
+    synthetic = np.array([r.synthetic for r in world.recordings_of("train")])
+    weights = share_weights(paths, world, 0.25)
+    assert weights.sum() == pytest.approx(1.0) and weights[synthetic].sum() == pytest.approx(0.25)
+    assert len(set(weights[synthetic])) == 1 and len(set(weights[~synthetic])) == 1  # every clip of a kind alike
+    drawn = torch.multinomial(torch.from_numpy(weights), 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert abs(synthetic[drawn.numpy()].mean() - 0.25) < 0.02  # 8% of the clips, a quarter of the draws
+    plain = DigitsWorld(DigitsConfig(root=str(data_root), speakers=["george"]))
+    with pytest.raises(BinderConfigError, match="synthetic_share=0.5 needs both recordings and synthetic voices"):
+        share_weights([r.path for r in plain.recordings_of("train")], plain, 0.5)
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(BinderConfigError, match="data.synthetic_share must be in"):
+            DigitsConfig(synthetic_share=bad)
+
+
+def test_synthetic_share_drives_the_training_loader(small_data_root, random_anchor, tmp_path, monkeypatch):
+    import binder
+    from binder.datasets.digits import DigitsDataModule
+
+    monkeypatch.setenv("BINDER_CACHE", str(tmp_path))
+    model = binder.BindModel(random_anchor, {"audio": {}})
+    dm = DigitsDataModule(model, ["audio"], "image", root=str(small_data_root), batch_size=4, synthetic_speakers=2,
+                          synthetic_takes=1, synthetic_share=0.8, augment=False)
+    dm.setup()
+    loader = dm.train_dataloader().iterables["audio"]  # 20 recordings + 20 synthetic clips
+    assert isinstance(loader.sampler, torch.utils.data.WeightedRandomSampler) and len(loader.sampler) == 40
+    synthetic = {str(r.path) for r in dm.world.recordings if r.synthetic}
+    paths = [str(r.path) for r in dm.world.recordings_of("train")]
+    assert len(synthetic) == 20 and len(paths) == 40
+    torch.manual_seed(0)
+    drawn = [paths[i] in synthetic for _ in range(50) for i in loader.sampler]
+    assert abs(np.mean(drawn) - 0.8) < 0.04  # not the clips' 0.5
+    plain = DigitsDataModule(model, ["audio"], "image", root=str(small_data_root), batch_size=4, augment=False)
+    plain.setup()
+    assert isinstance(plain.train_dataloader().iterables["audio"].sampler, torch.utils.data.RandomSampler)
 
 
 def test_voice_files_are_hashed_once_per_version(tmp_path, monkeypatch):
