@@ -92,6 +92,9 @@ class DigitsConfig:
                                     f"{self.synthetic_flite_speakers}, {self.synthetic_takes}")
         if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
             raise BinderConfigError(f"data.synthetic_share must be in (0, 1) or null, got {self.synthetic_share!r}")
+        if self.synthetic_share is not None and not (self.synthetic_speakers or self.synthetic_flite_speakers):
+            raise BinderConfigError(f"data.synthetic_share={self.synthetic_share} shares epochs with synthetic voices, "
+                                    "and there are none: set data.synthetic_speakers or data.synthetic_flite_speakers")
         if self.batch_size < 1 or self.epoch_size < 1 or self.num_workers < 0:
             raise BinderConfigError(f"data.batch_size and data.epoch_size must be >= 1 and num_workers >= 0, got "
                                     f"{self.batch_size}, {self.epoch_size}, {self.num_workers}")

@@ -100,7 +100,9 @@ def test_synthetic_share_sets_each_epoch_s_mix(data_root, tmp_path, monkeypatch)
         share_weights([r.path for r in plain.recordings_of("train")], plain, 0.5)
     for bad in (0, 1, 1.5, -0.1):
         with pytest.raises(BinderConfigError, match="data.synthetic_share must be in"):
-            DigitsConfig(synthetic_share=bad)
+            DigitsConfig(synthetic_share=bad, synthetic_speakers=1)
+    with pytest.raises(BinderConfigError, match="synthetic_share=0.5 shares epochs with synthetic voices, and there"):
+        DigitsConfig(synthetic_share=0.5)  # before any clip is made
 
 
 def test_synthetic_share_drives_the_training_loader(small_data_root, random_anchor, tmp_path, monkeypatch):
