@@ -161,7 +161,7 @@ def test_unseen_speakers_recipe_composes(compose, tmp_path):
     fold = fold_config(cfg, "george", tmp_path)
     assert fold.task == "binder.training.bind" and fold.data.holdout == "speakers"
     assert list(fold.data.test_speakers) == ["george"] and fold.data.synthetic_speakers == 600
-    assert fold.modality.audio.augment.variants == 4 and fold.trainer.max_epochs == 10
+    assert fold.modality.audio.augment.variants == 4 and fold.trainer.max_epochs == 20
     single = compose(["experiment=unseen_speakers", f"run_dir={tmp_path}"])
     assert single.task == "binder.training.bind" and single.data.synthetic_speakers == 600
 
