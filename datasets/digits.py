@@ -314,14 +314,14 @@ class DigitsDataModule(PairedDataModule):
                         captions: Optional[torch.Tensor]) -> Dataset:
         """Recordings (audio) paired with a random image of their class."""
         raw, labels = digits_source(modality).recordings(self.world, split)
+        if split == "train" and self.cfg.synthetic_share is not None:  # checked before the clips are made
+            self.train_weights[modality] = share_weights(raw, self.world, self.cfg.synthetic_share)
         pre, augment = self.preprocessors[modality], self.augments[modality] if split == "train" else None
         variants = getattr(augment, "variants", 0)  # waveform-augmented copies, made once (picked like clips)
         items = [torch.cat([pre(r, num_clips=1), augment.raw(r, pre)]) if variants else pre(r, num_clips=1)
                  for r in progress(raw, f"{modality} {split}" + (f" (+{variants} variants each)" if variants else ""))]
         if split == "test":
             self.test_items[modality], self.test_labels[modality] = list(raw), np.asarray(labels)
-        elif self.cfg.synthetic_share is not None:
-            self.train_weights[modality] = share_weights(raw, self.world, self.cfg.synthetic_share)
         return PairedDigits(
             modality, items, labels, self.target, images=images,
             image_labels=self.world.labels[self.world.image_indices(split)], captions=captions,
