@@ -148,6 +148,18 @@ def test_folds_and_table(compose, tmp_path):
     assert summary["met"] is False  # lucas is below 75
     text = format_table(summary)
     assert "| speaker lucas | 74.0 |" in text and "**86.3**" in text and "takes 0-4" in text
+    assert "stage_means" not in summary and "top-1 |" not in text.splitlines()[0].split("top-5")[1]
+
+    # Folds that ran training stages (cfg.stages) show the top-1 after each stage and its mean.
+    staged = {s: dict(r, stages={"base": r["top1"] - 2, "recordings": r["top1"]}) for s, r in rows.items()}
+    summary = table({**staged, TAKES: {"top1": 99.2, "top5": 100.0, "n": 250,
+                                       "stages": {"base": 97.6, "recordings": 99.2}}})
+    assert summary["stage_means"] == {"base": pytest.approx(84.33, abs=0.01), "recordings": pytest.approx(86.33, abs=0.01)}
+    lines = format_table(summary).splitlines()
+    assert lines[0].endswith("| base top-1 | recordings top-1 |") and lines[1].count("---:") == 6
+    assert "| speaker lucas | 74.0 | 99.0 | 500 | 100 | 72.0 | 74.0 |" in lines
+    assert any(line.startswith("| takes 0-4") and line.endswith("| 97.6 | 99.2 |") for line in lines)
+    assert "| **mean over speakers** | **86.3** | | | | 84.3 | 86.3 |" in lines
 
 
 def test_recipe_refuses_unknown_speakers_and_other_modalities(compose, data_root, tmp_path):

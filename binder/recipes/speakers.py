@@ -83,7 +83,8 @@ def _finished(fold_dir: Path) -> Optional[Dict[str, Any]]:
 
 
 def table(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """``{fold: fold summary}`` -> the study's summary (per speaker, mean, worst, takes)."""
+    """``{fold: fold summary}`` -> the study's summary (per speaker, mean, worst, takes; with the
+    mean of every training stage when the folds ran ``stages``)."""
     speakers = {k: v for k, v in results.items() if k != TAKES}
     top1 = [v["top1"] for v in speakers.values()]
     out: Dict[str, Any] = {"folds": results}
@@ -92,18 +93,34 @@ def table(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
         out.update(mean=round(sum(top1) / len(top1), 2), worst=worst, worst_top1=speakers[worst]["top1"],
                    goals=GOALS, met=bool(sum(top1) / len(top1) >= GOALS["mean"]
                                          and speakers[worst]["top1"] >= GOALS["worst"]))
+        names = _stage_names(speakers)
+        if names:
+            out["stage_means"] = {n: round(sum(v["stages"][n] for v in speakers.values()) / len(speakers), 2)
+                                  for n in names}
     return out
 
 
+def _stage_names(results: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The stages every fold of ``results`` ran (in order), or none."""
+    names = [list(v.get("stages") or {}) for v in results.values()]
+    return names[0] if names and all(n == names[0] for n in names) else []
+
+
 def format_table(summary: Dict[str, Any]) -> str:
-    """Markdown: one row per fold, then the mean and the worst speaker."""
-    lines = ["| held out | emergent audio->text top-1 | top-5 | n | training time (s) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    """Markdown: one row per fold (top-1 after each stage too, when the folds ran stages), then the
+    mean and the worst speaker."""
+    stages = _stage_names(summary["folds"])
+    extra = "".join(f" {n} top-1 |" for n in stages)
+    lines = [f"| held out | emergent audio->text top-1 | top-5 | n | training time (s) |{extra}",
+             "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(stages)]
     for fold, row in summary["folds"].items():
         name = "takes 0-4 (every speaker)" if fold == TAKES else f"speaker {fold}"
-        lines.append(f"| {name} | {row['top1']:.1f} | {row['top5']:.1f} | {row['n']} | {row.get('seconds', 0):.0f} |")
+        cells = "".join(f" {row['stages'][n]:.1f} |" for n in stages)
+        lines.append(f"| {name} | {row['top1']:.1f} | {row['top5']:.1f} | {row['n']} | {row.get('seconds', 0):.0f} |"
+                     + cells)
     if "mean" in summary:
-        lines.append(f"| **mean over speakers** | **{summary['mean']:.1f}** | | | |")
+        cells = "".join(f" {summary['stage_means'][n]:.1f} |" for n in stages if n in summary.get("stage_means", {}))
+        lines.append(f"| **mean over speakers** | **{summary['mean']:.1f}** | | | |{cells}")
         lines.append(f"| worst speaker ({summary['worst']}) | {summary['worst_top1']:.1f} | | | |")
     return "\n".join(lines) + "\n"
 
@@ -130,6 +147,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
             log.info("leave-one-speaker-out: fold %s reused from %s", fold, run_dir / fold)
         row = dict(next(iter(metrics["zero_shot"].values())))
         row["seconds"] = (metrics.get("finetune") or {}).get("fit_seconds", round(time.perf_counter() - start, 1))
+        if metrics.get("stages"):  # top-1 after each training stage (base, then each of cfg.stages)
+            row["stages"] = {n: next(iter(s["zero_shot"].values()))["top1"] for n, s in metrics["stages"].items()}
         results[fold] = row
         summary = table(results)
         atomic_write(run_dir / "speakers.md", format_table(summary))

@@ -33,6 +33,7 @@ from binder.training.data import build_datamodule, check_data
 from binder.training.distributed import RankAgreement, config_digest
 from binder.training.finetune import check_base, finetune_config, prepare, save_outputs
 from binder.training.module import BindingModule
+from binder.training.stages import run_stages, stage_overrides
 from binder.training.speed import SpeedConfig, apply_to_model, describe, gpu_planned, is_oom, oom_error, resolve
 from binder.training.optim import OptimConfig
 
@@ -220,6 +221,7 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     run_dir = Path(cfg.run_dir).resolve()
     modalities = modalities_of(cfg)
     ckpt_path = resume_checkpoint(cfg, run_dir)  # before anything expensive
+    stages = stage_overrides(cfg, check_groups)
     data = check_data(cfg.data, modalities, cfg.target)
     check_groups(cfg)
     ft = finetune_config(cfg)
@@ -255,6 +257,9 @@ def bind(cfg: DictConfig) -> Dict[str, Any]:
     if skipped:
         log.warning("unreadable samples skipped in training: %s", skipped)
         metrics["skipped"] = skipped
+    if stages:  # metrics.json is written once, after the last stage: a finished run is a finished model
+        metrics = run_stages(cfg, metrics, stages, bind)
+        rows, model_dir = metrics["zero_shot"], metrics["model_dir"]
     metrics_path = write_metrics(run_dir / "metrics.json", metrics)
     if rows:
         log.info("\n%s", format_table(rows, "Zero-shot classification of held-out inputs (%)"))
