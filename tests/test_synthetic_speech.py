@@ -156,12 +156,18 @@ def test_bad_settings(monkeypatch):
 
 def test_unseen_speakers_recipe_composes(compose, tmp_path):
     from binder.recipes.speakers import fold_config
+    from binder.training.stages import stage_config, stage_overrides
 
     cfg = compose(["experiment=leave_one_speaker_out_unseen", f"run_dir={tmp_path}"])
     fold = fold_config(cfg, "george", tmp_path)
     assert fold.task == "binder.training.bind" and fold.data.holdout == "speakers"
     assert list(fold.data.test_speakers) == ["george"] and fold.data.synthetic_speakers == 600
     assert fold.modality.audio.augment.variants == 4 and fold.trainer.max_epochs == 20
+    stage = stage_config(fold, *stage_overrides(fold)[0], str(tmp_path / "george" / "model"))
+    assert stage.run_dir == str(tmp_path / "george" / "stages" / "recordings")
+    assert stage.data.synthetic_speakers == 0 and stage.data.synthetic_flite_speakers == 0
+    assert stage.data.synthetic_share is None and list(stage.data.test_speakers) == ["george"]
+    assert stage.optim.lr == 2e-4 and stage.trainer.max_epochs < 20 and stage.modality == fold.modality
     single = compose(["experiment=unseen_speakers", f"run_dir={tmp_path}"])
     assert single.task == "binder.training.bind" and single.data.synthetic_speakers == 600
 
