@@ -82,6 +82,11 @@ def _finished(fold_dir: Path) -> Optional[Dict[str, Any]]:
     return metrics if metrics.get("zero_shot") else None
 
 
+def _zero_shot_row(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """The (one) zero-shot row of a fold's or a stage's metrics: top1, top5, n, chance."""
+    return next(iter(metrics["zero_shot"].values()))
+
+
 def table(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """``{fold: fold summary}`` -> the study's summary (per speaker, mean, worst, takes; with the
     mean of every training stage when the folds ran ``stages``)."""
@@ -145,10 +150,10 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
             metrics = bind(fold_config(cfg, fold, run_dir))
         else:
             log.info("leave-one-speaker-out: fold %s reused from %s", fold, run_dir / fold)
-        row = dict(next(iter(metrics["zero_shot"].values())))
+        row = dict(_zero_shot_row(metrics))
         row["seconds"] = (metrics.get("finetune") or {}).get("fit_seconds", round(time.perf_counter() - start, 1))
         if metrics.get("stages"):  # top-1 after each training stage (base, then each of cfg.stages)
-            row["stages"] = {n: next(iter(s["zero_shot"].values()))["top1"] for n, s in metrics["stages"].items()}
+            row["stages"] = {n: _zero_shot_row(s)["top1"] for n, s in metrics["stages"].items()}
         results[fold] = row
         summary = table(results)
         atomic_write(run_dir / "speakers.md", format_table(summary))

@@ -65,19 +65,25 @@ def stage_overrides(cfg: DictConfig, check: Optional[Callable[[DictConfig], None
 
 def _trial(cfg: DictConfig, name: str, partial: Dict[str, Any],
            check: Optional[Callable[[DictConfig], None]]) -> DictConfig:
-    """One stage merged over the run's typed config (the open-ended trainer, callbacks and logger
-    nodes opened; ``check`` looks at those), or a clear error for a key or value it refuses."""
+    """One stage merged over the run's config as it will run, checked by ``check`` (the trainer,
+    callbacks and logger keys)."""
+    merged = _merge(cfg, name, partial)
+    if check is not None:
+        check(merged)
+    return merged
+
+
+def _merge(cfg: DictConfig, name: str, partial: Dict[str, Any]) -> DictConfig:
+    """``partial`` merged over the run's typed config (the open-ended trainer, callbacks and logger
+    nodes opened), or a clear error for a key or value its schema refuses."""
     trial = cfg.copy()
     for group in OPEN_GROUPS:
         if group in trial and OmegaConf.is_dict(trial[group]):
             OmegaConf.set_struct(trial[group], False)
     try:
-        merged = OmegaConf.merge(trial, partial)
+        return OmegaConf.merge(trial, partial)
     except Exception as err:  # omegaconf's key and validation errors
         raise BinderConfigError(f"stages.{name}: {str(err).splitlines()[0]}") from None
-    if check is not None:
-        check(merged)
-    return merged
 
 
 def _processes(trainer: Any) -> int:
@@ -96,10 +102,11 @@ def _processes(trainer: Any) -> int:
 
 
 def stage_config(cfg: DictConfig, name: str, partial: Dict[str, Any], init_from: str) -> DictConfig:
-    """The run's config with one stage merged over it, starting from ``init_from`` in its own folder."""
-    base = OmegaConf.to_container(cfg, resolve=False)
-    base.pop("stages", None)
-    merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(partial))
+    """The run's config with one stage merged over it (the merge :func:`stage_overrides` checked),
+    starting from ``init_from`` in its own folder."""
+    merged = _merge(cfg, name, partial)
+    OmegaConf.set_struct(merged, False)
+    merged.pop("stages", None)
     merged.init_from, merged.run_dir = init_from, str(Path(cfg.run_dir) / "stages" / name)
     merged.ckpt_path, merged.resume = None, False
     return merged
