@@ -32,6 +32,7 @@ from binder.training.data import PairedDataModule, combine
 from binder.errors import BinderConfigError, BinderInputError
 from binder.logs import progress
 from binder.datasets.sources import digits_modalities, digits_source
+from binder.datasets.synthetic_speech import ESPEAK_BOUNDS, ESPEAK_PROSODY, FLITE_BOUNDS, FLITE_PROSODY, check_prosody
 from binder.types import IMAGE, TEXT
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class DigitsConfig:
     synthetic_flite_speakers: int = 0  # CMU Flite voices added too (needs the `flite` program)
     flite_voices: List[str] = field(default_factory=list)  # Flite voices to draw from: built-in names,
     # .flitevox files or festvox.org voice names (cmu_us_..., downloaded once); empty: every built-in one
+    espeak_prosody: Dict[str, List[float]] = field(default_factory=lambda: dict(ESPEAK_PROSODY))  # [low, high]
+    # ranges an eSpeak speaker's rate (words/minute), pitch and pitch range (0-100) are drawn from
+    flite_prosody: Dict[str, List[float]] = field(default_factory=lambda: dict(FLITE_PROSODY))  # [low, high]
+    # ranges a Flite speaker's duration stretch, mean pitch (Hz) and pitch deviation (Hz) are drawn from
     synthetic_share: Optional[float] = None  # share of each epoch's training pairs drawn from the synthetic
     # voices (sampled with replacement, the epoch's size kept); None: their share of the clips
     batch_size: int = 64  # pairs per training batch
@@ -90,6 +95,8 @@ class DigitsConfig:
             raise BinderConfigError("data.synthetic_speakers and data.synthetic_flite_speakers must be >= 0 and "
                                     f"data.synthetic_takes >= 1, got {self.synthetic_speakers}, "
                                     f"{self.synthetic_flite_speakers}, {self.synthetic_takes}")
+        check_prosody("data.espeak_prosody", self.espeak_prosody, ESPEAK_BOUNDS)
+        check_prosody("data.flite_prosody", self.flite_prosody, FLITE_BOUNDS)
         if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
             raise BinderConfigError(f"data.synthetic_share must be in (0, 1) or null, got {self.synthetic_share!r}")
         if self.synthetic_share is not None and not (self.synthetic_speakers or self.synthetic_flite_speakers):
@@ -143,9 +150,10 @@ class DigitsWorld:
 
 def synthetic_engines(cfg: DigitsConfig) -> List[Tuple[int, Any]]:
     """(speakers, started engine) for each text-to-speech engine the config asks voices of."""
-    from binder.datasets.synthetic_speech import Flite, engine
+    from binder.datasets.synthetic_speech import Espeak, Flite
 
-    wanted = [(cfg.synthetic_speakers, engine), (cfg.synthetic_flite_speakers, lambda: Flite(cfg.flite_voices))]
+    wanted = [(cfg.synthetic_speakers, lambda: Espeak(cfg.espeak_prosody)),
+              (cfg.synthetic_flite_speakers, lambda: Flite(cfg.flite_voices, prosody=cfg.flite_prosody))]
     return [(count, start()) for count, start in wanted if count]
 
 

@@ -7,13 +7,14 @@ ten digit words:
 
 * eSpeak NG (``data.synthetic_speakers``; formant synthesis, shipped as a wheel by
   ``espeakng-loader``, no download at run time): each speaker is one English accent x one voice
-  variant x a speaking rate, pitch and pitch range drawn from a seeded generator.
+  variant x a speaking rate, pitch and pitch range drawn from a seeded generator (within
+  ``data.espeak_prosody``).
 * CMU Flite (``data.synthetic_flite_speakers``; the ``flite`` program, e.g. ``apt install
   flite``): its voices are built from recordings of real people (diphones, or statistical
   parametric models of the CMU ARCTIC speakers), so they sound closer to a person than eSpeak's;
   each speaker is one of ``data.flite_voices`` (the built-in ones, ``.flitevox`` files, or
   festvox.org voices downloaded into binder's cache) x a duration stretch, target pitch and
-  pitch deviation.
+  pitch deviation (within ``data.flite_prosody``).
 
 Each take re-draws a small jitter of rate and pitch. Clips are written as FSDD-like 8 kHz WAV
 files (``{digit}_synth{NN}_{take}.wav``, ``{digit}_flite{NN}_{take}.wav``) into binder's cache,
@@ -34,7 +35,7 @@ import random
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -48,6 +49,33 @@ FORMAT = 1  # bump when the clips' recipe changes (part of the cache key)
 _RATE, _PITCH, _RANGE = 1, 3, 4  # espeak_PARAMETER ids
 _SYNCHRONOUS, _POS_CHARACTER = 2, 1
 _LOCK = threading.Lock()
+# The ranges a speaker's prosody is drawn from, uniformly and once per speaker ({name: [low, high]};
+# data.espeak_prosody, data.flite_prosody), and the bounds a configured range must keep within.
+ESPEAK_PROSODY = {"rate": [120, 260], "pitch": [15, 90], "range": [20, 90]}  # words/minute, 0-100, 0-100
+ESPEAK_BOUNDS = {"rate": (80, 450), "pitch": (0, 100), "range": (0, 100)}
+FLITE_PROSODY = {"stretch": [0.8, 1.35], "f0": [80.0, 250.0], "f0_std": [5.0, 35.0]}  # duration x, Hz, Hz
+FLITE_BOUNDS = {"stretch": (0.2, 5.0), "f0": (40.0, 500.0), "f0_std": (0.0, 200.0)}
+
+
+def check_prosody(key: str, ranges: Mapping[str, Sequence[float]],
+                  bounds: Mapping[str, Tuple[float, float]]) -> Dict[str, List[float]]:
+    """``ranges`` as a plain ``{name: [low, high]}`` dict, once it names exactly ``bounds``' parameters
+    and each range is ordered and lies within its bounds (``key``: the config key, for errors)."""
+    unknown, missing = sorted(set(ranges) - set(bounds)), sorted(set(bounds) - set(ranges))
+    if unknown or missing:
+        raise BinderConfigError(f"{key} sets {sorted(bounds)}, each [low, high]; unknown: {unknown}, "
+                                f"missing: {missing}")
+    checked = {}
+    for name, (lowest, highest) in bounds.items():
+        try:
+            pair = [float(v) for v in ranges[name]]
+        except (TypeError, ValueError):  # not a sequence of numbers
+            pair = []
+        if len(pair) != 2 or not lowest <= pair[0] <= pair[1] <= highest:
+            raise BinderConfigError(f"{key}.{name} must be [low, high] with {lowest} <= low <= high <= {highest}, "
+                                    f"got {list(ranges[name])}")
+        checked[name] = pair
+    return checked
 
 
 @dataclass(frozen=True)
@@ -108,14 +136,12 @@ class _Espeak:
         """What identifies this engine's clips (part of the cache key; written to voices.json)."""
         return {"espeak": self.version, "accents": ACCENTS}
 
-    def draw(self, count: int, seed: int) -> List[Voice]:
-        """``count`` distinct speakers (see :func:`draw_voices`)."""
-        return draw_voices(count, seed, self.variants())
-
     @staticmethod
     def jitter(voice: Voice, rng: random.Random) -> Voice:
-        """One take's voice: rate and pitch re-drawn a little around the speaker's."""
-        return Voice(voice.name, voice.rate + rng.randint(-20, 20), voice.pitch + rng.randint(-5, 5), voice.range)
+        """One take's voice: rate and pitch re-drawn a little around the speaker's (kept within eSpeak's bounds)."""
+        (slowest, fastest), (lowest, highest) = ESPEAK_BOUNDS["rate"], ESPEAK_BOUNDS["pitch"]
+        return Voice(voice.name, min(max(voice.rate + rng.randint(-20, 20), slowest), fastest),
+                     min(max(voice.pitch + rng.randint(-5, 5), lowest), highest), voice.range)
 
     def speak(self, text: str, voice: Voice) -> Tuple[np.ndarray, int]:
         """Synthesise ``text`` in ``voice`` -> (float32 waveform, its sample rate)."""
@@ -153,16 +179,43 @@ def engine() -> _Espeak:
     return _ENGINE
 
 
-def draw_voices(count: int, seed: int, variants: List[str]) -> List[Voice]:
-    """``count`` distinct speakers: accent x variant pairs without repeats, prosody drawn per speaker."""
+class Espeak:
+    """eSpeak NG's speakers, their prosody drawn within ``prosody`` (the engine of ``data.synthetic_speakers``)."""
+
+    name, prefix = _Espeak.name, _Espeak.prefix
+    jitter = staticmethod(_Espeak.jitter)
+
+    def __init__(self, prosody: Optional[Mapping[str, Sequence[float]]] = None) -> None:
+        self.prosody = check_prosody("data.espeak_prosody", ESPEAK_PROSODY if prosody is None else prosody,
+                                     ESPEAK_BOUNDS)
+        self.library = engine()
+
+    def spec(self) -> Dict[str, Any]:
+        """What identifies this engine's clips (part of the cache key; written to voices.json)."""
+        return {**self.library.spec(), "prosody": self.prosody}
+
+    def draw(self, count: int, seed: int) -> List[Voice]:
+        """``count`` distinct speakers (see :func:`draw_voices`)."""
+        return draw_voices(count, seed, self.library.variants(), self.prosody)
+
+    def speak(self, text: str, voice: Voice) -> Tuple[np.ndarray, int]:
+        """Synthesise ``text`` in ``voice`` -> (float32 waveform, its sample rate)."""
+        return self.library.speak(text, voice)
+
+
+def draw_voices(count: int, seed: int, variants: List[str],
+                prosody: Mapping[str, Sequence[float]] = ESPEAK_PROSODY) -> List[Voice]:
+    """``count`` distinct speakers: accent x variant pairs without repeats, prosody drawn per speaker
+    within ``prosody``'s ranges (``{"rate": [low, high], "pitch": ..., "range": ...}``)."""
     rng = random.Random(seed)
     pairs = [(a, v) for a in ACCENTS for v in variants]
     if count > len(pairs):
         raise BinderConfigError(f"data.synthetic_speakers must be <= {len(pairs)} (accents x voice variants), "
                                 f"got {count}")
     chosen = rng.sample(pairs, count)
-    return [Voice(f"{a}+{v}", rate=rng.randint(120, 260), pitch=rng.randint(15, 90), range=rng.randint(20, 90))
-            for a, v in chosen]
+    draw = {name: (round(low), round(high)) for name, (low, high) in prosody.items()}
+    return [Voice(f"{a}+{v}", rate=rng.randint(*draw["rate"]), pitch=rng.randint(*draw["pitch"]),
+                  range=rng.randint(*draw["range"])) for a, v in chosen]
 
 
 # --------------------------------------------------------------------------- CMU Flite
@@ -198,9 +251,12 @@ class Flite:
 
     name, prefix = "Flite", "flite"
 
-    def __init__(self, voices: Sequence[str] = (), cache: Optional[Path] = None) -> None:
+    def __init__(self, voices: Sequence[str] = (), cache: Optional[Path] = None,
+                 prosody: Optional[Mapping[str, Sequence[float]]] = None) -> None:
         import shutil
 
+        self.prosody = check_prosody("data.flite_prosody", FLITE_PROSODY if prosody is None else prosody,
+                                     FLITE_BOUNDS)
         exe = shutil.which("flite")
         if exe is None:
             raise BinderConfigError("data.synthetic_flite_speakers needs CMU Flite's `flite` program on PATH "
@@ -252,13 +308,14 @@ class Flite:
     def spec(self) -> Dict[str, Any]:
         """What identifies this engine's clips (part of the cache key; written to voices.json)."""
         voices = [v if v in self.builtin else f"{Path(v).name}@{voice_digest(v)}" for v in self.voices]
-        return {"flite": self.version, "flite_voices": voices}
+        return {"flite": self.version, "flite_voices": voices, "prosody": self.prosody}
 
     def draw(self, count: int, seed: int) -> List[FliteVoice]:
-        """``count`` speakers: the voices in turn, each with its own speed and pitch."""
+        """``count`` speakers: the voices in turn, each with its own speed and pitch (within ``self.prosody``)."""
         rng = random.Random(seed)
-        return [FliteVoice(self.voices[i % len(self.voices)], stretch=round(rng.uniform(0.8, 1.35), 3),
-                           f0=round(rng.uniform(80, 250), 1), f0_std=round(rng.uniform(5, 35), 1))
+        ranges = self.prosody
+        return [FliteVoice(self.voices[i % len(self.voices)], stretch=round(rng.uniform(*ranges["stretch"]), 3),
+                           f0=round(rng.uniform(*ranges["f0"]), 1), f0_std=round(rng.uniform(*ranges["f0_std"]), 1))
                 for i in range(count)]
 
     @staticmethod
@@ -321,14 +378,14 @@ def _write(folder: Path, tts: SpeechEngine, voices: List[Any], takes: int, seed:
 
 def synthetic_digits(speakers: int, takes: int, seed: int, words: List[str], cache: Optional[Path] = None,
                      tts: Optional[SpeechEngine] = None) -> Path:
-    """The folder of ``speakers`` x ``takes`` x ``len(words)`` clips of ``tts`` (default: eSpeak NG),
+    """The folder of ``speakers`` x ``takes`` x ``len(words)`` clips of ``tts`` (default: eSpeak NG's defaults),
     made once and cached."""
     from binder.download import cache_dir
     from binder.files import atomic_folder
 
     if speakers < 1 or takes < 1:
         raise BinderConfigError(f"synthetic speakers and data.synthetic_takes must be >= 1, got {speakers}, {takes}")
-    tts = tts or engine()
+    tts = tts or Espeak()
     folder = cache_dir(cache) / "synthetic-digits" / _key(speakers, takes, seed, tts.spec(), words)
     if (folder / "voices.json").is_file():
         return folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,50 @@ def test_voices_are_distinct_speakers():
     assert len({v.name for v in voices}) == accents * variants
     with pytest.raises(BinderConfigError, match="synthetic_speakers must be <="):
         synth.draw_voices(accents * variants + 1, seed=0, variants=synth.engine().variants())
+
+
+def test_prosody_ranges_bound_the_speakers(tmp_path):
+    variants = synth.engine().variants()
+    default = synth.draw_voices(40, seed=0, variants=variants)
+    assert {v.rate for v in default} <= set(range(120, 261)) and max(v.rate for v in default) > 200
+    narrow = {"rate": [150, 160], "pitch": [40, 45], "range": [10, 10]}
+    voices = synth.draw_voices(40, seed=0, variants=variants, prosody=narrow)
+    assert [v.name for v in voices] == [v.name for v in default]  # the same speakers, only their prosody moves
+    assert all(150 <= v.rate <= 160 and 40 <= v.pitch <= 45 and v.range == 10 for v in voices)
+    tts = synth.Espeak(narrow)
+    assert tts.draw(40, 0) == voices and tts.spec()["prosody"]["rate"] == [150.0, 160.0]
+    a = synth.synthetic_digits(1, 1, seed=0, words=CLASSNAMES, cache=tmp_path, tts=tts)
+    b = synth.synthetic_digits(1, 1, seed=0, words=CLASSNAMES, cache=tmp_path)
+    assert a != b  # the ranges are part of the cache key
+    assert json.loads((a / "voices.json").read_text())["prosody"]["pitch"] == [40.0, 45.0]
+    rng = random.Random(0)  # a take's jitter keeps a speaker at the edge of the bounds within them
+    takes = [tts.jitter(synth.Voice("en+f1", 80, 0, 0), rng) for _ in range(50)]
+    assert all(80 <= v.rate <= 100 and 0 <= v.pitch <= 5 for v in takes) and {v.pitch for v in takes} != {0}
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("espeak_prosody", {"rate": [260, 120], "pitch": [15, 90], "range": [20, 90]},
+     r"espeak_prosody.rate must be \[low, high\]"),
+    ("espeak_prosody", {"rate": [120, 600], "pitch": [15, 90], "range": [20, 90]}, "<= 450"),
+    ("espeak_prosody", {"rate": [120, 260], "pitch": [15, 90]}, r"missing: \['range'\]"),
+    ("flite_prosody", {"stretch": [0.8, 1.3], "f0": [80, 250], "f0_std": [5, 35], "speed": [1, 2]},
+     r"unknown: \['speed'\]"),
+    ("flite_prosody", {"stretch": [0.8], "f0": [80, 250], "f0_std": [5, 35]}, r"flite_prosody.stretch must be"),
+    ("flite_prosody", {"stretch": [0.8, 1.3], "f0": [float("nan"), 250], "f0_std": [5, 35]}, "flite_prosody.f0"),
+    ("flite_prosody", {"stretch": [0.0, 1.3], "f0": [80, 250], "f0_std": [5, 35]}, "0.2 <= low"),
+])
+def test_bad_prosody_is_one_clear_error(key, value, match):
+    with pytest.raises(BinderConfigError, match=match):
+        DigitsConfig(**{key: value})
+
+
+def test_prosody_is_a_hydra_override(compose, tmp_path):
+    from binder.config import build_dataclass
+
+    cfg = compose(["experiment=unseen_speakers", f"run_dir={tmp_path}", "data.flite_prosody.f0=[100,180]"])
+    data = build_dataclass(DigitsConfig, cfg.data, "data")
+    assert data.flite_prosody == {"stretch": [0.8, 1.35], "f0": [100.0, 180.0], "f0_std": [5.0, 35.0]}
+    assert data.espeak_prosody == {k: [float(x) for x in v] for k, v in synth.ESPEAK_PROSODY.items()}
 
 
 def test_training_split_only(data_root, tmp_path, monkeypatch):
@@ -204,6 +249,15 @@ def test_flite_prosody_changes_the_voice(flite):
     tts = synth.Flite(["slt"])
     slow, fast = (tts.speak("seven", synth.FliteVoice("slt", s, 150.0, 10.0))[0] for s in (1.3, 0.8))
     assert len(slow) > 1.3 * len(fast)
+
+
+def test_flite_prosody_ranges_bound_the_speakers(flite):
+    ranges = {"stretch": [1.0, 1.1], "f0": [180, 200], "f0_std": [0, 0]}
+    tts = synth.Flite(["slt", "kal"], prosody=ranges)
+    voices = tts.draw(30, seed=0)
+    assert all(1.0 <= v.stretch <= 1.1 and 180 <= v.f0 <= 200 and v.f0_std == 0 for v in voices)
+    assert [v.name for v in voices[:3]] == ["slt", "kal", "slt"]
+    assert tts.spec()["prosody"]["f0"] == [180.0, 200.0] and synth.Flite(["slt", "kal"]).spec() != tts.spec()
 
 
 def test_flite_voices_resolve(flite, tmp_path, monkeypatch):
