@@ -104,9 +104,8 @@ class SpeechEngine(Protocol):
 
 
 class _Espeak:
-    """The eSpeak NG library through ctypes (one per process; the library holds global state)."""
-
-    name, prefix = "eSpeak NG", "synth"
+    """The eSpeak NG library through ctypes (one per process; the library holds global state); the
+    engine of the synthetic voices is :class:`Espeak`."""
 
     def __init__(self) -> None:
         try:
@@ -131,21 +130,6 @@ class _Espeak:
         if n > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
-
-    def spec(self) -> Dict[str, Any]:
-        """What identifies this engine's clips (part of the cache key; written to voices.json)."""
-        return {"espeak": self.version, "accents": ACCENTS}
-
-    @staticmethod
-    def jitter(voice: Voice, rng: random.Random) -> Voice:
-        """One take's voice: rate and pitch re-drawn a little around the speaker's (kept within eSpeak's bounds)."""
-        (slowest, fastest), (lowest, highest) = ESPEAK_BOUNDS["rate"], ESPEAK_BOUNDS["pitch"]
-        return Voice(voice.name, min(max(voice.rate + rng.randint(-20, 20), slowest), fastest),
-                     min(max(voice.pitch + rng.randint(-5, 5), lowest), highest), voice.range)
-
-    def speak(self, text: str, voice: Voice) -> Tuple[np.ndarray, int]:
-        """Synthesise ``text`` in ``voice`` -> (float32 waveform, its sample rate)."""
-        return self.say(text, voice), self.rate
 
     def variants(self) -> List[str]:
         """The voice variants eSpeak NG ships (``voices/!v``), sorted."""
@@ -182,8 +166,7 @@ def engine() -> _Espeak:
 class Espeak:
     """eSpeak NG's speakers, their prosody drawn within ``prosody`` (the engine of ``data.synthetic_speakers``)."""
 
-    name, prefix = _Espeak.name, _Espeak.prefix
-    jitter = staticmethod(_Espeak.jitter)
+    name, prefix = "eSpeak NG", "synth"
 
     def __init__(self, prosody: Optional[Mapping[str, Sequence[float]]] = None) -> None:
         self.prosody = check_prosody("data.espeak_prosody", ESPEAK_PROSODY if prosody is None else prosody,
@@ -192,7 +175,14 @@ class Espeak:
 
     def spec(self) -> Dict[str, Any]:
         """What identifies this engine's clips (part of the cache key; written to voices.json)."""
-        return {**self.library.spec(), "prosody": self.prosody}
+        return {"espeak": self.library.version, "accents": ACCENTS, "prosody": self.prosody}
+
+    @staticmethod
+    def jitter(voice: Voice, rng: random.Random) -> Voice:
+        """One take's voice: rate and pitch re-drawn a little around the speaker's (kept within eSpeak's bounds)."""
+        (slowest, fastest), (lowest, highest) = ESPEAK_BOUNDS["rate"], ESPEAK_BOUNDS["pitch"]
+        return Voice(voice.name, min(max(voice.rate + rng.randint(-20, 20), slowest), fastest),
+                     min(max(voice.pitch + rng.randint(-5, 5), lowest), highest), voice.range)
 
     def draw(self, count: int, seed: int) -> List[Voice]:
         """``count`` distinct speakers (see :func:`draw_voices`)."""
@@ -200,7 +190,7 @@ class Espeak:
 
     def speak(self, text: str, voice: Voice) -> Tuple[np.ndarray, int]:
         """Synthesise ``text`` in ``voice`` -> (float32 waveform, its sample rate)."""
-        return self.library.speak(text, voice)
+        return self.library.say(text, voice), self.library.rate
 
 
 def draw_voices(count: int, seed: int, variants: List[str],
