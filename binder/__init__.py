@@ -3,7 +3,8 @@
 After ImageBind (Girdhar et al., CVPR 2023, arXiv 2305.05665), with training, evaluation,
 fine-tuning and retrieval. Public API: :func:`load`, :func:`save`, :func:`merge`,
 :func:`create_model`, :func:`list_models`, :func:`use`, :func:`embed`, :func:`compose`, :func:`evaluate`,
-:func:`compose_embeddings`, :class:`Index`, :func:`list_modalities`, :func:`get_modality`,
+:func:`compose_embeddings`, :func:`enroll` and :class:`Enrollment` (a source's correction from
+unlabelled samples), :class:`Index`, :func:`list_modalities`, :func:`get_modality`,
 :func:`register_modality`, :class:`ModalitySpec`, :class:`BindModel`, :class:`Modality` (constants
 for the built-in modality names) and the errors of :mod:`binder.errors`.
 
@@ -31,13 +32,14 @@ _LAZY = {
     "register_modality": "binder.registry", "compose": "binder.api", "embed": "binder.api", "use": "binder.api",
     "compose_embeddings": "binder.arithmetic", "create_model": "binder.factory", "list_models": "binder.factory",
     "load": "binder.io", "merge": "binder.io", "save": "binder.io", "evaluate": "binder.evaluation",
+    "enroll": "binder.enrollment", "Enrollment": "binder.enrollment",
 }
 
 __all__ = [
-    "BindModel", "BinderConfigError", "BinderError", "BinderIndexError", "BinderInputError", "BinderLockError", "Index",
-    "MissingDependencyError", "ModalitySpec", "Modality", "ModelLoadError", "NoDefaultModelError", "__version__",
-    "compose", "compose_embeddings", "create_model", "embed", "evaluate", "get_modality", "list_modalities",
-    "list_models", "load", "merge", "register_modality", "save", "use",
+    "BindModel", "BinderConfigError", "BinderError", "BinderIndexError", "BinderInputError", "BinderLockError",
+    "Enrollment", "Index", "MissingDependencyError", "ModalitySpec", "Modality", "ModelLoadError", "NoDefaultModelError",
+    "__version__", "compose", "compose_embeddings", "create_model", "embed", "enroll", "evaluate", "get_modality",
+    "list_modalities", "list_models", "load", "merge", "register_modality", "save", "use",
 ]
 assert set(__all__) >= set(_LAZY)
 

@@ -7,7 +7,11 @@ audio -> text top-1 on every recording of the held-out one (``data.holdout=speak
 run holds out takes 0-4 of every speaker (the quick start's split), for comparison. Folds are
 ordinary runs in ``<run>/<speaker>`` and ``<run>/takes``; a finished fold is reused when the
 command runs again in the same folder (``hydra.run.dir=<run>``). ``speakers.md`` and
-``speakers.json`` in the run folder get the table (rewritten after every fold).
+``speakers.json`` in the run folder get the table (rewritten after every fold). With
+``speakers.enroll`` (the default) the table has one more column: the held-out speaker scored after
+enrollment (:mod:`binder.enrollment`: their mean embedding, taken over the other half of their
+takes without labels, is removed), the figure for a user who has some unlabelled audio of the
+speaker; the goals are judged on the plain figure.
 
     binder train experiment=leave_one_speaker_out
     binder train experiment=leave_one_speaker_out modality.audio.augment.variants=0   # another recipe
@@ -40,22 +44,28 @@ class SpeakersConfig:
 
     speakers: Optional[List[str]] = None  # speakers to hold out in turn; None: every FSDD speaker
     takes: bool = True  # also run the held-out-takes split (takes 0-4 of every speaker)
+    enroll: bool = True  # also score each held-out speaker after enrollment (binder.enroll, unlabelled takes)
 
 
 SCHEMAS.register("recipe/speakers", SpeakersConfig)
 
 
-def _speakers(cfg: DictConfig, chosen: Optional[List[str]]) -> List[str]:
+def _fsdd_root(cfg: DictConfig) -> Path:
     from binder.datasets.digits import DigitsConfig
-    from binder.datasets.fsdd import list_recordings
     from binder.datasets.paths import data_root
 
-    root = data_root(build_dataclass(DigitsConfig, {k: v for k, v in cfg.data.items() if k != "_target_"},
-                                     "data").root)
-    every = sorted({r.speaker for r in list_recordings(root / "fsdd")})
+    return data_root(build_dataclass(DigitsConfig, {k: v for k, v in cfg.data.items() if k != "_target_"},
+                                     "data").root) / "fsdd"
+
+
+def _speakers(cfg: DictConfig, chosen: Optional[List[str]]) -> List[str]:
+    from binder.datasets.fsdd import list_recordings
+
+    root = _fsdd_root(cfg)
+    every = sorted({r.speaker for r in list_recordings(root)})
     unknown = sorted(set(chosen or []) - set(every))
     if unknown:
-        raise BinderConfigError(f"speakers.speakers: {unknown} are not FSDD speakers of {root / 'fsdd'} ({every})")
+        raise BinderConfigError(f"speakers.speakers: {unknown} are not FSDD speakers of {root} ({every})")
     return list(chosen) if chosen else every
 
 
@@ -71,6 +81,31 @@ def fold_config(cfg: DictConfig, fold: str, run_dir: Path) -> DictConfig:
         data.update(holdout="speakers", test_speakers=[fold])
     sub["data"] = data
     return OmegaConf.create(sub)
+
+
+def enrolled_top1(model_dir: Path, fsdd: Path, speaker: str) -> float:
+    """Emergent audio->text top-1 on every recording of ``speaker`` after enrollment
+    (:func:`binder.enroll`): each half of their takes is scored with the speaker enrolled on the
+    other half, whose labels are not used."""
+    import torch
+
+    from binder.datasets.digits import CLASSNAMES, TEMPLATES
+    from binder.datasets.fsdd import list_recordings
+    from binder.enrollment import from_embeddings
+    from binder.evaluation.prompts import anchor_class_embeddings
+    from binder.io import load
+
+    recs = [r for r in list_recordings(fsdd) if r.speaker == speaker]
+    model = load(model_dir)
+    z = model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"]  # (N, D)
+    classes = anchor_class_embeddings(model.anchor, CLASSNAMES, TEMPLATES)  # (C, D)
+    takes, labels = torch.tensor([r.take for r in recs]), torch.tensor([r.digit for r in recs])
+    first = takes < takes.unique()[len(takes.unique()) // 2]  # takes 0-24 of FSDD's 0-49
+    right = 0
+    for half in (first, ~first):
+        speaker_shift = from_embeddings("audio", z[~half], model.fingerprint("audio"))
+        right += int(((speaker_shift(z[half]) @ classes.T).argmax(1) == labels[half]).sum())
+    return round(100.0 * right / len(recs), 2)
 
 
 def _finished(fold_dir: Path) -> Optional[Dict[str, Any]]:
@@ -102,6 +137,11 @@ def table(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
         if names:
             out["stage_means"] = {n: round(sum(v["stages"][n] for v in speakers.values()) / len(speakers), 2)
                                   for n in names}
+        if all("enrolled" in v for v in speakers.values()):
+            enrolled = {k: v["enrolled"] for k, v in speakers.items()}
+            worst = min(enrolled, key=enrolled.get)
+            out["enrolled"] = {"mean": round(sum(enrolled.values()) / len(enrolled), 2), "worst": worst,
+                               "worst_top1": enrolled[worst]}
     return out
 
 
@@ -112,27 +152,32 @@ def _stage_names(results: Dict[str, Dict[str, Any]]) -> List[str]:
 
 
 def format_table(summary: Dict[str, Any]) -> str:
-    """Markdown: one row per fold (top-1 after each stage too, when the folds ran stages), then the
-    mean and the worst speaker."""
+    """Markdown: one row per fold (top-1 after each stage too, when the folds ran stages, and after
+    enrollment, when it was measured), then the mean and the worst speaker."""
     stages = _stage_names(summary["folds"])
-    extra = "".join(f" {n} top-1 |" for n in stages)
+    enrolled = summary.get("enrolled")
+    extra = "".join(f" {n} top-1 |" for n in stages) + (" enrolled top-1 |" if enrolled else "")
     lines = [f"| held out | emergent audio->text top-1 | top-5 | n | training time (s) |{extra}",
-             "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(stages)]
+             "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * (len(stages) + bool(enrolled))]
     for fold, row in summary["folds"].items():
         name = "takes 0-4 (every speaker)" if fold == TAKES else f"speaker {fold}"
         cells = "".join(f" {row['stages'][n]:.1f} |" for n in stages)
+        if enrolled:
+            cells += f" {row['enrolled']:.1f} |" if "enrolled" in row else " |"
         lines.append(f"| {name} | {row['top1']:.1f} | {row['top5']:.1f} | {row['n']} | {row.get('seconds', 0):.0f} |"
                      + cells)
     if "mean" in summary:
         cells = "".join(f" {summary['stage_means'][n]:.1f} |" for n in stages if n in summary.get("stage_means", {}))
+        cells += f" **{enrolled['mean']:.1f}** |" if enrolled else ""
         lines.append(f"| **mean over speakers** | **{summary['mean']:.1f}** | | | |{cells}")
-        lines.append(f"| worst speaker ({summary['worst']}) | {summary['worst_top1']:.1f} | | | |")
+        cells = " |" * len(stages) + (f" {enrolled['worst_top1']:.1f} ({enrolled['worst']}) |" if enrolled else "")
+        lines.append(f"| worst speaker ({summary['worst']}) | {summary['worst_top1']:.1f} | | | |{cells}")
     return "\n".join(lines) + "\n"
 
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """Train and evaluate every fold (reusing finished ones); write the table."""
-    from binder.training import bind, require_one, modalities_of
+    from binder.training import bind, modalities_of, require_one
 
     if require_one(modalities_of(cfg), "leave_one_speaker_out") != "audio":
         raise BinderConfigError("leave_one_speaker_out measures the audio modality: use modality=audio")
@@ -154,6 +199,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         row["seconds"] = (metrics.get("finetune") or {}).get("fit_seconds", round(time.perf_counter() - start, 1))
         if metrics.get("stages"):  # top-1 after each training stage (base, then each of cfg.stages)
             row["stages"] = {n: _zero_shot_row(s)["top1"] for n, s in metrics["stages"].items()}
+        if options.enroll and fold != TAKES:
+            row["enrolled"] = enrolled_top1(Path(metrics["model_dir"]), _fsdd_root(cfg), fold)
         results[fold] = row
         summary = table(results)
         atomic_write(run_dir / "speakers.md", format_table(summary))

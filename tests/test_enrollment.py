@@ -1,0 +1,147 @@
+"""Enrollment (binder.enrollment): a source's mean embedding removed, saved with its model's
+fingerprint; and the leave-one-speaker-out recipe's enrolled column."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import binder
+from binder import BinderInputError, Enrollment, ModelLoadError
+from binder.enrollment import from_embeddings
+from tests.conftest import SMALL_SPEAKER
+
+
+def _clips(n: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(8000).astype(np.float32) * 0.1, 16000) for _ in range(n)]
+
+
+def test_a_shared_shift_is_removed_exactly():
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(40, 16), dim=-1)
+    shift = torch.randn(16) * 3
+    plain, shifted = from_embeddings("audio", z, "f"), from_embeddings("audio", z + shift, "f")
+    assert torch.allclose(plain(z), shifted(z + shift), atol=1e-5)
+    out = plain(z)
+    assert out.shape == (40, 16) and torch.allclose(out.norm(dim=-1), torch.ones(40), atol=1e-5)
+    assert torch.allclose(F.normalize(z - z.mean(0), dim=-1), out, atol=1e-6)
+    ref = torch.randn(7, 16)
+    with_ref = from_embeddings("audio", z, "f", reference=ref)
+    assert with_ref.n == 40 and with_ref.reference_n == 7
+    assert torch.allclose(with_ref(z), F.normalize(z - z.mean(0) + ref.mean(0), dim=-1), atol=1e-6)
+
+
+def test_enrollment_gives_back_what_a_source_bias_takes():
+    """Prototypes of 10 classes; one source pulls every sample towards class 0. Nearest-prototype
+    accuracy falls with the bias and comes back after enrolling the source on other samples."""
+    g = torch.Generator().manual_seed(0)
+    protos = F.normalize(torch.randn(10, 32, generator=g), dim=-1)
+
+    noise = 0.35 * torch.randn(500, 32, generator=g)
+    y = torch.arange(500) % 10
+    clean = F.normalize(protos[y] + noise, dim=-1)
+    biased = F.normalize(protos[y] + noise + 1.2 * protos[0], dim=-1)
+    enrol = F.normalize(protos[y[:200]] + 0.35 * torch.randn(200, 32, generator=g) + 1.2 * protos[0], dim=-1)
+    acc = lambda z: float(((z @ protos.T).argmax(1) == y).float().mean())
+    corrected = acc(from_embeddings("audio", enrol, "f", reference=protos)(biased))
+    assert acc(biased) < acc(clean) - 0.3 and corrected > acc(clean) - 0.05
+
+
+def test_enroll_embeds_and_corrects(audio_model, tmp_path: Path):
+    source, new = _clips(6), _clips(3, seed=1)
+    speaker = binder.enroll(audio_model, audio=source)
+    assert speaker.modality == "audio" and speaker.n == 6 and speaker.fingerprint == audio_model.fingerprint("audio")
+    z = speaker.embed(audio_model, new)
+    assert z.shape == (3, audio_model.anchor.embed_dim) and torch.isfinite(z).all()
+    assert torch.allclose(z.norm(dim=-1), torch.ones(3), atol=1e-5)
+    expected = F.normalize(audio_model.embed(audio=new, progress=False)["audio"]
+                           - audio_model.embed(audio=source, progress=False)["audio"].mean(0), dim=-1)
+    assert torch.allclose(z, expected, atol=1e-5)
+    with_ref = binder.enroll(audio_model, audio=source, reference=_clips(4, seed=2))
+    assert with_ref.reference_n == 4 and not torch.allclose(with_ref.offset, speaker.offset)
+
+    path = speaker.save(tmp_path / "speaker.safetensors")
+    back = Enrollment.load(path, model=audio_model)
+    assert back.modality == "audio" and back.n == 6 and back.fingerprint == speaker.fingerprint
+    assert torch.equal(back.offset, speaker.offset)
+    assert [p.name for p in tmp_path.iterdir()] == ["speaker.safetensors"]  # nothing else left behind
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: binder.enroll(m), "exactly one modality"),
+    (lambda m: binder.enroll(m, audio=_clips(2), image=[np.zeros((8, 8, 3), np.uint8)] * 2), "exactly one modality"),
+    (lambda m: binder.enroll(m, depth=[np.zeros((8, 8), np.float32)] * 2), "depth"),
+    (lambda m: binder.enroll(m, audio=_clips(1)), "at least 2 inputs .one source.s samples., got a list of 1"),
+    (lambda m: binder.enroll(m, audio=_clips(2)[0]), "must be a list"),
+    (lambda m: binder.enroll(m, audio=_clips(3), reference=_clips(1)), "reference must be a list of at least 2"),
+    (lambda m: from_embeddings("audio", torch.full((4, 8), float("nan")), "f"), "NaN"),
+    (lambda m: from_embeddings("audio", torch.ones(4, 8), "f", reference=torch.ones(3, 6)), "width 6"),
+    (lambda m: from_embeddings("audio", torch.ones(4, 8), "f")(torch.ones(2, 6)), r"expected \(N, 8\)"),
+    (lambda m: from_embeddings("audio", torch.ones(4, 8), "f")(torch.full((2, 8), float("inf"))), "infinite"),
+])
+def test_bad_enrollments_are_refused(audio_model, call, match):
+    with pytest.raises(BinderInputError, match=match):
+        call(audio_model)
+
+
+def test_bad_files_and_other_models_are_refused(audio_model, random_anchor, tmp_path: Path):
+    path = from_embeddings("audio", torch.randn(5, audio_model.anchor.embed_dim), audio_model.fingerprint("audio")).save(
+        tmp_path / "e.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 9])
+    with pytest.raises(ModelLoadError, match="not a readable enrollment file"):
+        Enrollment.load(tmp_path / "cut.safetensors")
+    edited = bytearray(data)
+    edited[-5] ^= 0xFF  # one byte of the offset
+    (tmp_path / "edited.safetensors").write_bytes(bytes(edited))
+    with pytest.raises(ModelLoadError, match="edited after saving"):
+        Enrollment.load(tmp_path / "edited.safetensors")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Enrollment.load(tmp_path / "missing.safetensors")
+    torch.manual_seed(5)
+    other = binder.BindModel(random_anchor, {"audio": {}}).eval()
+    with pytest.raises(ModelLoadError, match="another model"):
+        Enrollment.load(path, model=other)
+    with pytest.raises(ModelLoadError, match="another model"):
+        Enrollment.load(path).embed(other, _clips(2))
+    assert Enrollment.load(path, model=audio_model).n == 5
+
+
+def test_recipe_scores_each_half_enrolled_on_the_other(audio_model, small_data_root: Path, tmp_path: Path):
+    from binder.datasets.digits import CLASSNAMES, TEMPLATES
+    from binder.datasets.fsdd import list_recordings
+
+    from binder.evaluation.prompts import anchor_class_embeddings
+    from binder.recipes.speakers import enrolled_top1
+
+    model_dir = binder.save(audio_model, tmp_path / "model")
+    got = enrolled_top1(model_dir, small_data_root / "fsdd", SMALL_SPEAKER)
+    recs = list_recordings(small_data_root / "fsdd")  # takes 0, 5 and 6 of one speaker: halves {0} and {5, 6}
+    z = audio_model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"]
+    classes = anchor_class_embeddings(audio_model.anchor, CLASSNAMES, TEMPLATES)
+    first = torch.tensor([r.take == 0 for r in recs])
+    right = 0
+    for i, r in enumerate(recs):
+        others = z[~first] if first[i] else z[first]
+        right += int((F.normalize(z[i] - others.mean(0), dim=-1) @ classes.T).argmax() == r.digit)
+    assert got == pytest.approx(100.0 * right / len(recs), abs=0.01)
+
+
+def test_table_has_the_enrolled_column():
+    from binder.recipes.speakers import TAKES, format_table, table
+
+    rows = {s: {"top1": t, "top5": 99.0, "n": 500, "seconds": 100.0, "enrolled": e} for s, t, e in
+            [("george", 90.0, 91.0), ("lucas", 74.0, 80.0), ("nicolas", 95.0, 94.0)]}
+    summary = table({**rows, TAKES: {"top1": 99.2, "top5": 100.0, "n": 250}})
+    assert summary["enrolled"] == {"mean": pytest.approx(88.33, abs=0.01), "worst": "lucas", "worst_top1": 80.0}
+    assert summary["met"] is False  # the goals judge the plain figure (lucas 74.0)
+    lines = format_table(summary).splitlines()
+    assert lines[0].endswith("| enrolled top-1 |") and lines[1].count("---:") == 5
+    assert "| speaker lucas | 74.0 | 99.0 | 500 | 100 | 80.0 |" in lines
+    assert any(line.startswith("| takes 0-4") and line.endswith("| 250 | 0 | |") for line in lines)
+    assert "| **mean over speakers** | **86.3** | | | | **88.3** |" in lines
+    assert "| worst speaker (lucas) | 74.0 | | | | 80.0 (lucas) |" in lines
+    del rows["george"]["enrolled"]  # a fold without the figure: no column
+    assert "enrolled" not in table(rows) and "enrolled" not in format_table(table(rows))
