@@ -9,7 +9,7 @@ modality names are plain strings owned by :mod:`binder.registry`.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -150,11 +150,14 @@ class BindModel(EmbedMixin, HubMixin, nn.Module):
         return spreads
 
     def compose(self, inputs: Mapping[str, Any], weights: Any = None, batch_size: int = 32,
-                sample_rate: Optional[float] = None) -> torch.Tensor:
+                sample_rate: Optional[float] = None, enrollments: Sequence[Any] = ()) -> torch.Tensor:
         """One query from several modalities (see :mod:`binder.arithmetic`): ``{modality: inputs}``
         (anything :meth:`embed` takes; the same number per modality, or one) and contributions
-        ``weights`` (a list in the order of ``inputs`` or a dict; None: equal) -> (N, D) unit queries."""
+        ``weights`` (a list in the order of ``inputs`` or a dict; None: equal) -> (N, D) unit queries.
+        ``enrollments``: :class:`~binder.enrollment.Enrollment` s made with this model, each correcting
+        its modality's embeddings before they are composed (e.g. the query's speaker)."""
         from binder.arithmetic import check_weights, compose_embeddings, warn_uncalibrated
+        from binder.enrollment import check_model
 
         if not inputs:
             raise BinderInputError("compose() needs a query: {'image': ..., 'audio': ...}")
@@ -163,6 +166,11 @@ class BindModel(EmbedMixin, HubMixin, nn.Module):
         for m in names:
             if m not in self.modalities:
                 raise self._missing(m)
+        for e in enrollments:
+            check_model(e, self)
+            if e.modality not in names:
+                raise BinderInputError(f"an enrollment of {e.modality} was given, but the query has no {e.modality} "
+                                       f"(it has {names})")
         warn_uncalibrated(self, names)
         for m, value in zip(names, inputs.values()):
             check = get_modality(m).check_query if m in self.configs else None
@@ -170,6 +178,8 @@ class BindModel(EmbedMixin, HubMixin, nn.Module):
                 resolve_ref(check)(item)
         embedded = self.embed(batch_size=batch_size, sample_rate=sample_rate, progress=False,
                               **dict(zip(names, inputs.values())))
+        for e in enrollments:
+            embedded[e.modality] = e(embedded[e.modality])
         return compose_embeddings(embedded, weights, self.query_spreads)
 
     def modality_parameters(self, modality: str) -> List[nn.Parameter]:

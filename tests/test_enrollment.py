@@ -1,5 +1,6 @@
 """Enrollment (binder.enrollment): a source's mean embedding removed, saved with its model's
 fingerprint; and the leave-one-speaker-out recipe's enrolled column."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,37 @@ def test_table_has_the_enrolled_column():
     assert "| worst speaker (lucas) | 74.0 | | | | 80.0 (lucas) |" in lines
     del rows["george"]["enrolled"]  # a fold without the figure: no column
     assert "enrolled" not in table(rows) and "enrolled" not in format_table(table(rows))
+
+
+def test_compose_and_search_take_enrollments(audio_model, random_anchor, small_data_root: Path, tmp_path: Path,
+                                             capsys):
+    from binder.cli import main
+
+    clips = sorted(str(p) for p in (small_data_root / "fsdd" / "recordings").glob("*.wav"))
+    model_dir = binder.save(audio_model, tmp_path / "model")
+    out = tmp_path / "speaker.safetensors"
+    assert main(["enroll", "--model", str(model_dir), "--modality", "audio", *clips[:10], "-o", str(out)]) == 0
+    assert "enrolled audio from 10 file(s)" in capsys.readouterr().out
+    speaker = Enrollment.load(out, model=audio_model)
+    assert torch.allclose(speaker.offset, binder.enroll(audio_model, audio=clips[:10]).offset, atol=1e-6)
+    assert main(["enroll", "--model", str(model_dir), "--modality", "audio", *clips[:10], "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+    query = audio_model.compose({"audio": clips[12]}, enrollments=[speaker])
+    assert torch.allclose(query, speaker(audio_model.embed(audio=[clips[12]], progress=False)["audio"]), atol=1e-6)
+    index = binder.Index.build(audio_model, clips, modality="audio", path=tmp_path / "clips.idx")
+    plain = [h["path"] for h in index.search(audio=clips[12], k=30).to_records()]
+    enrolled = [h["path"] for h in index.search(audio=clips[12], k=30, enrollments=[speaker]).to_records()]
+    expected = [h["path"] for h in index.search_embeddings(query, k=30)[0].to_records()]
+    assert enrolled == expected and sorted(plain) == sorted(enrolled)
+    assert main(["search", str(tmp_path / "clips.idx"), "--model", str(model_dir), "--audio", clips[12], "-k", "30",
+                 "--enrollment", str(out), "--json"]) == 0
+    assert [h["path"] for h in json.loads(capsys.readouterr().out)["hits"]] == expected
+
+    with pytest.raises(BinderInputError, match="the query has no audio"):
+        audio_model.compose({"text": "seven"}, enrollments=[speaker])
+    torch.manual_seed(5)
+    other = binder.save(binder.BindModel(random_anchor, {"audio": {}}).eval(), tmp_path / "other")
+    assert main(["search", str(tmp_path / "clips.idx"), "--model", str(other), "--audio", clips[12],
+                 "--enrollment", str(out)]) == 2
+    assert "made with another model" in capsys.readouterr().err

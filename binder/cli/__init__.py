@@ -6,7 +6,7 @@
 build|add|delete|info`` (:mod:`binder.cli.index`); ``binder search`` and ``binder embed``
 (:mod:`binder.cli.search`); ``binder serve`` (:mod:`binder.cli.serve`); ``binder eval``
 (:mod:`binder.cli.eval`); ``binder merge-adapters`` (:mod:`binder.cli.adapters`); ``binder export``
-(:mod:`binder.cli.export`).
+(:mod:`binder.cli.export`); ``binder enroll`` (:mod:`binder.cli.enroll`).
 
 argparse, not Typer or Click: ``binder train`` must hand its arguments to Hydra untouched
 (``modality=[audio,depth]``, ``+trainer.limit_train_batches=2``, ``--multirun``, ``--cfg job``),
@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 GROUPS = ("binder.cli.train", "binder.cli.index", "binder.cli.search", "binder.cli.serve", "binder.cli.eval",
           "binder.cli.cache", "binder.cli.shards", "binder.cli.adapters",
-          "binder.cli.export")
+          "binder.cli.export", "binder.cli.enroll")
 PASSTHROUGH = {"train": "binder.cli.train", "download": "binder.cli.train", "cache": "binder.cli.cache"}
 """Commands whose arguments are all theirs (Hydra, the downloader), and the module that runs them."""
 RELAUNCH = "BINDER_COMMAND"
@@ -53,6 +53,8 @@ EXAMPLES = """examples:
   binder train modality=audio init_from=M finetune=lora finetune.rank=8     LoRA adapters on a trained model
   binder merge-adapters --model M --adapters RUN/adapters -o merged/        fold them into the model
   binder export M --format onnx -o M.onnx --quantize int8    ONNX graphs for onnxruntime
+  binder enroll --model M --modality audio george/ -o george.safetensors    a speaker's correction, from unlabelled clips
+  binder search clips.idx --model M --audio q.wav --enrollment george.safetensors   a query in that speaker's voice
 """
 
 Handler = Callable[[argparse.Namespace], int]

@@ -53,6 +53,7 @@ def query_of(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def search(args: argparse.Namespace) -> int:
+    from binder.enrollment import Enrollment
     from binder.index import Index
     from binder.index.core import check_k
 
@@ -60,8 +61,10 @@ def search(args: argparse.Namespace) -> int:
     weights = parse_weights(args.weights, list(query))
     check_k(args.k)
     where = parse_where(args.where)
-    index = Index.open(args.index, load_model(args.model))
-    records = index.search(**query, weights=weights, k=args.k, where=where).to_records()
+    model = load_model(args.model)
+    enrollments = [Enrollment.load(path, model=model) for path in args.enrollment or ()]
+    index = Index.open(args.index, model)
+    records = index.search(**query, weights=weights, k=args.k, where=where, enrollments=enrollments).to_records()
     if args.html:
         from binder.files import atomic_write
         from binder.server.render import results_page
@@ -135,6 +138,9 @@ def add_commands(sub: Any) -> Dict[str, Callable[[argparse.Namespace], int]]:
                                         "given ones (0.5,0.5), or by name (image=0.7,audio=0.3)")
     srch.add_argument("-k", type=int, default=10, help="hits (default 10)")
     srch.add_argument("--where", help='metadata filter: JSON like \'{"speaker": "jackson"}\' or SQL like "digit >= 5"')
+    srch.add_argument("--enrollment", action="append", metavar="FILE",
+                      help="a binder enroll file: correct the query's embedding of its modality for its source "
+                           "(e.g. the query's speaker); repeatable")
     srch.add_argument("--json", action="store_true", help="print the hits as JSON")
     srch.add_argument("--html", help="also write a page of the hits (thumbnails, audio players) to this file")
     emb = sub.add_parser("embed", help="embed files into a Parquet file (bring your own search engine)")

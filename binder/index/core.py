@@ -345,7 +345,7 @@ class Index:
     # ----- search -----------------------------------------------------------------------------
 
     def search(self, *, weights: Any = None, k: int = 10, where: Where = None, model: Any = None,
-               sample_rate: Optional[float] = None, **query: Any) -> Hits:
+               sample_rate: Optional[float] = None, enrollments: Sequence[Any] = (), **query: Any) -> Hits:
         """Search with one query composed of any modalities the model embeds.
 
         ``idx.search(image="cat.jpg", audio="meow.wav", weights=[0.5, 0.5], k=10, where={"folder": "pets"})``,
@@ -359,6 +359,8 @@ class Index:
             where: A metadata filter: ``{column: value or [values]}`` or an SQL expression.
             model: The model to embed the query with (default: the one the index was opened with).
             sample_rate: Rate of raw waveforms given without one.
+            enrollments: :func:`binder.enroll` corrections of the query's sources (e.g. its
+                speaker), made with the model.
 
         Returns:
             The :class:`Hits` of the query, best first. For several queries at once see
@@ -372,17 +374,18 @@ class Index:
         if lists:
             raise BinderInputError(f"search() takes one query; {lists} hold lists: use search_many() for several")
         return self.search_many(weights=weights, k=k, where=where, model=model, sample_rate=sample_rate,
-                                **{m: [v] for m, v in query.items()})[0]
+                                enrollments=enrollments, **{m: [v] for m, v in query.items()})[0]
 
     def search_many(self, *, weights: Any = None, k: int = 10, where: Where = None, model: Any = None,
-                    sample_rate: Optional[float] = None, **queries: Any) -> List[Hits]:
+                    sample_rate: Optional[float] = None, enrollments: Sequence[Any] = (),
+                    **queries: Any) -> List[Hits]:
         """Several queries at once: ``{modality: list of inputs}`` (lists of equal length, or of one
         input shared by all) -> one :class:`Hits` per query, in order."""
         check_k(k)
         query = {modality_name(m): v for m, v in queries.items() if v is not None}
         if not query:
             raise BinderInputError("search_many() needs queries: image=[...], text=[...] or another modality's list")
-        vectors = self._model(model).compose(query, weights, sample_rate=sample_rate)
+        vectors = self._model(model).compose(query, weights, sample_rate=sample_rate, enrollments=enrollments)
         return self.search_embeddings(vectors, k=k, where=where)
 
     def search_embeddings(self, queries: Any, k: int = 10, where: Where = None) -> List[Hits]:
