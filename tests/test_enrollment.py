@@ -113,21 +113,25 @@ def test_bad_files_and_other_models_are_refused(audio_model, random_anchor, tmp_
 def test_recipe_scores_each_half_enrolled_on_the_other(audio_model, small_data_root: Path, tmp_path: Path):
     from binder.datasets.digits import CLASSNAMES, TEMPLATES
     from binder.datasets.fsdd import list_recordings
-
     from binder.evaluation.prompts import anchor_class_embeddings
     from binder.recipes.speakers import enrolled_top1
 
     model_dir = binder.save(audio_model, tmp_path / "model")
-    got = enrolled_top1(model_dir, small_data_root / "fsdd", SMALL_SPEAKER)
-    recs = list_recordings(small_data_root / "fsdd")  # takes 0, 5 and 6 of one speaker: halves {0} and {5, 6}
+    recs = list_recordings(small_data_root / "fsdd")  # takes 0, 5 and 6 of one speaker
     z = audio_model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"]
     classes = anchor_class_embeddings(audio_model.anchor, CLASSNAMES, TEMPLATES)
     first = torch.tensor([r.take == 0 for r in recs])
-    right = 0
-    for i, r in enumerate(recs):
-        others = z[~first] if first[i] else z[first]
-        right += int((F.normalize(z[i] - others.mean(0), dim=-1) @ classes.T).argmax() == r.digit)
-    assert got == pytest.approx(100.0 * right / len(recs), abs=0.01)
+
+    def right(i: int, enrolled: torch.Tensor) -> int:
+        return int((F.normalize(z[i] - z[enrolled].mean(0), dim=-1) @ classes.T).argmax() == recs[i].digit)
+
+    # A held-out speaker: halves {0} and {5, 6}, each enrolled on the other.
+    expected = sum(right(i, ~first if first[i] else first) for i in range(len(recs))) / len(recs)
+    assert enrolled_top1(model_dir, small_data_root / "fsdd", SMALL_SPEAKER) == pytest.approx(100 * expected, abs=0.01)
+    # The takes split: take 0 scored, enrolled on the speaker's training takes (5, 6).
+    expected = sum(right(i, ~first) for i in range(len(recs)) if first[i]) / int(first.sum())
+    assert enrolled_top1(model_dir, small_data_root / "fsdd", None, test_takes=5) == pytest.approx(100 * expected,
+                                                                                                  abs=0.01)
 
 
 def test_table_has_the_enrolled_column():

@@ -11,7 +11,8 @@ command runs again in the same folder (``hydra.run.dir=<run>``). ``speakers.md``
 ``speakers.enroll`` (the default) the table has one more column: the held-out speaker scored after
 enrollment (:mod:`binder.enrollment`: their mean embedding, taken over the other half of their
 takes without labels, is removed), the figure for a user who has some unlabelled audio of the
-speaker; the goals are judged on the plain figure.
+speaker (on the takes split, each speaker is enrolled on their training takes); the goals are
+judged on the plain figure.
 
     binder train experiment=leave_one_speaker_out
     binder train experiment=leave_one_speaker_out modality.audio.augment.variants=0   # another recipe
@@ -83,10 +84,11 @@ def fold_config(cfg: DictConfig, fold: str, run_dir: Path) -> DictConfig:
     return OmegaConf.create(sub)
 
 
-def enrolled_top1(model_dir: Path, fsdd: Path, speaker: str) -> float:
-    """Emergent audio->text top-1 on every recording of ``speaker`` after enrollment
-    (:func:`binder.enroll`): each half of their takes is scored with the speaker enrolled on the
-    other half, whose labels are not used."""
+def enrolled_top1(model_dir: Path, fsdd: Path, speaker: Optional[str], test_takes: int = 5) -> float:
+    """Emergent audio->text top-1 after enrollment (:func:`binder.enroll`), whose clips' labels
+    are never used. A held-out ``speaker``: each half of their takes is scored with the speaker
+    enrolled on the other half. None (the takes split): each speaker's takes ``0..test_takes-1``
+    are scored with the speaker enrolled on their other (training) takes."""
     import torch
 
     from binder.datasets.digits import CLASSNAMES, TEMPLATES
@@ -95,17 +97,23 @@ def enrolled_top1(model_dir: Path, fsdd: Path, speaker: str) -> float:
     from binder.evaluation.prompts import anchor_class_embeddings
     from binder.io import load
 
-    recs = [r for r in list_recordings(fsdd) if r.speaker == speaker]
+    recs = [r for r in list_recordings(fsdd) if speaker in (None, r.speaker)]
     model = load(model_dir)
     z = model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"]  # (N, D)
     classes = anchor_class_embeddings(model.anchor, CLASSNAMES, TEMPLATES)  # (C, D)
     takes, labels = torch.tensor([r.take for r in recs]), torch.tensor([r.digit for r in recs])
-    first = takes < takes.unique()[len(takes.unique()) // 2]  # takes 0-24 of FSDD's 0-49
-    right = 0
-    for half in (first, ~first):
-        speaker_shift = from_embeddings("audio", z[~half], model.fingerprint("audio"))
-        right += int(((speaker_shift(z[half]) @ classes.T).argmax(1) == labels[half]).sum())
-    return round(100.0 * right / len(recs), 2)
+    if speaker is None:
+        who = [torch.tensor([r.speaker == s for r in recs]) for s in sorted({r.speaker for r in recs})]
+        splits = [(w & (takes < test_takes), w & (takes >= test_takes)) for w in who]
+    else:
+        first = takes < takes.unique()[len(takes.unique()) // 2]  # takes 0-24 of FSDD's 0-49
+        splits = [(first, ~first), (~first, first)]
+    right = n = 0
+    for scored, enrolled in splits:
+        shift = from_embeddings("audio", z[enrolled], model.fingerprint("audio"))
+        right += int(((shift(z[scored]) @ classes.T).argmax(1) == labels[scored]).sum())
+        n += int(scored.sum())
+    return round(100.0 * right / n, 2)
 
 
 def _finished(fold_dir: Path) -> Optional[Dict[str, Any]]:
@@ -199,8 +207,9 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         row["seconds"] = (metrics.get("finetune") or {}).get("fit_seconds", round(time.perf_counter() - start, 1))
         if metrics.get("stages"):  # top-1 after each training stage (base, then each of cfg.stages)
             row["stages"] = {n: _zero_shot_row(s)["top1"] for n, s in metrics["stages"].items()}
-        if options.enroll and fold != TAKES:
-            row["enrolled"] = enrolled_top1(Path(metrics["model_dir"]), _fsdd_root(cfg), fold)
+        if options.enroll:
+            row["enrolled"] = enrolled_top1(Path(metrics["model_dir"]), _fsdd_root(cfg), None if fold == TAKES else fold,
+                                            int(cfg.data.get("test_takes", 5)))
         results[fold] = row
         summary = table(results)
         atomic_write(run_dir / "speakers.md", format_table(summary))
