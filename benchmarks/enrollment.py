@@ -30,6 +30,7 @@ def fold_embeddings(model_dir: Path, fsdd: Path, speaker: str) -> Dict[str, Any]
     """The held-out speaker's embeddings, digits and takes, and the class prompts' embeddings."""
     from binder.datasets.digits import CLASSNAMES, TEMPLATES
     from binder.datasets.fsdd import list_recordings
+
     from binder.evaluation.prompts import anchor_class_embeddings
     from binder.io import load
 
@@ -88,8 +89,8 @@ def main() -> None:
     mean = {k: float(np.mean([r[k] if k == "none" else r[k]["mean"] for r in rows.values()])) for k in keys}
     print("\nenrollment clips | " + " | ".join(keys))
     for speaker, r in rows.items():
-        print(f"{speaker} | " + " | ".join(f"{r[k]:.1f}" if k == "none" else f"{r[k]['mean']:.1f} (min {r[k]['min']:.1f})"
-                                           for k in keys))
+        cells = [f"{r[k]:.1f}" if k == "none" else f"{r[k]['mean']:.1f} (min {r[k]['min']:.1f})" for k in keys]
+        print(f"{speaker} | " + " | ".join(cells))
     print("mean | " + " | ".join(f"{mean[k]:.1f}" for k in keys))
     if args.json:
         args.json.write_text(json.dumps({"folds": rows, "mean": mean, "draws": DRAWS}, indent=2) + "\n")

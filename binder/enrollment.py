@@ -121,9 +121,9 @@ def _digest(tensor: torch.Tensor) -> str:
 def check_model(enrollment: Enrollment, model: Any) -> None:
     """Refuse a model whose embedding function differs from the one enrolled on."""
     if model.fingerprint(enrollment.modality) != enrollment.fingerprint:
+        ours = model.fingerprint(enrollment.modality)[:12]
         raise ModelLoadError(f"this {enrollment.modality} enrollment was made with another model (fingerprint "
-                             f"{enrollment.fingerprint[:12]}, this model's {model.fingerprint(enrollment.modality)[:12]}):"
-                             " enroll the source again with this model")
+                             f"{enrollment.fingerprint[:12]}, this model's {ours}): enroll the source again with it")
 
 
 def centre(embeddings: torch.Tensor, what: str) -> torch.Tensor:

@@ -45,7 +45,10 @@ def test_enrollment_gives_back_what_a_source_bias_takes():
     clean = F.normalize(protos[y] + noise, dim=-1)
     biased = F.normalize(protos[y] + noise + 1.2 * protos[0], dim=-1)
     enrol = F.normalize(protos[y[:200]] + 0.35 * torch.randn(200, 32, generator=g) + 1.2 * protos[0], dim=-1)
-    acc = lambda z: float(((z @ protos.T).argmax(1) == y).float().mean())
+
+    def acc(z: torch.Tensor) -> float:
+        return float(((z @ protos.T).argmax(1) == y).float().mean())
+
     corrected = acc(from_embeddings("audio", enrol, "f", reference=protos)(biased))
     assert acc(biased) < acc(clean) - 0.3 and corrected > acc(clean) - 0.05
 
@@ -88,8 +91,8 @@ def test_bad_enrollments_are_refused(audio_model, call, match):
 
 
 def test_bad_files_and_other_models_are_refused(audio_model, random_anchor, tmp_path: Path):
-    path = from_embeddings("audio", torch.randn(5, audio_model.anchor.embed_dim), audio_model.fingerprint("audio")).save(
-        tmp_path / "e.safetensors")
+    fingerprint = audio_model.fingerprint("audio")
+    path = from_embeddings("audio", torch.randn(5, audio_model.anchor.embed_dim), fingerprint).save(tmp_path / "e.st")
     data = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 9])
     with pytest.raises(ModelLoadError, match="not a readable enrollment file"):
@@ -113,6 +116,7 @@ def test_bad_files_and_other_models_are_refused(audio_model, random_anchor, tmp_
 def test_recipe_scores_each_half_enrolled_on_the_other(audio_model, small_data_root: Path, tmp_path: Path):
     from binder.datasets.digits import CLASSNAMES, TEMPLATES
     from binder.datasets.fsdd import list_recordings
+
     from binder.evaluation.prompts import anchor_class_embeddings
     from binder.recipes.speakers import enrolled_top1
 
@@ -130,8 +134,8 @@ def test_recipe_scores_each_half_enrolled_on_the_other(audio_model, small_data_r
     assert enrolled_top1(model_dir, small_data_root / "fsdd", SMALL_SPEAKER) == pytest.approx(100 * expected, abs=0.01)
     # The takes split: take 0 scored, enrolled on the speaker's training takes (5, 6).
     expected = sum(right(i, ~first) for i in range(len(recs)) if first[i]) / int(first.sum())
-    assert enrolled_top1(model_dir, small_data_root / "fsdd", None, test_takes=5) == pytest.approx(100 * expected,
-                                                                                                  abs=0.01)
+    takes = enrolled_top1(model_dir, small_data_root / "fsdd", None, test_takes=5)
+    assert takes == pytest.approx(100 * expected, abs=0.01)
 
 
 def test_table_has_the_enrolled_column():

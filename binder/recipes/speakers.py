@@ -208,7 +208,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         if metrics.get("stages"):  # top-1 after each training stage (base, then each of cfg.stages)
             row["stages"] = {n: _zero_shot_row(s)["top1"] for n, s in metrics["stages"].items()}
         if options.enroll:
-            row["enrolled"] = enrolled_top1(Path(metrics["model_dir"]), _fsdd_root(cfg), None if fold == TAKES else fold,
+            held_out = None if fold == TAKES else fold
+            row["enrolled"] = enrolled_top1(Path(metrics["model_dir"]), _fsdd_root(cfg), held_out,
                                             int(cfg.data.get("test_takes", 5)))
         results[fold] = row
         summary = table(results)
