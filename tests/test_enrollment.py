@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import binder
 from binder import BinderInputError, Enrollment, ModelLoadError
 from binder.enrollment import from_embeddings
-from tests.conftest import SMALL_SPEAKER
 
 
 def _clips(n: int, seed: int = 0) -> list:
@@ -53,6 +52,45 @@ def test_enrollment_gives_back_what_a_source_bias_takes():
     assert acc(biased) < acc(clean) - 0.3 and corrected > acc(clean) - 0.05
 
 
+
+def test_coral_gives_the_source_the_reference_covariance():
+    from binder.enrollment import coral_matrix
+
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    reference = torch.randn(500, 6, generator=g, dtype=torch.float64) * torch.arange(1.0, 7.0, dtype=torch.float64)
+    w = coral_matrix(source, reference, shrinkage=1e-9)
+    moved = (source - source.mean(0)) @ w  # (N, D)
+    assert torch.allclose(torch.cov(moved.T), torch.cov(reference.T), atol=1e-5)
+    # Full shrinkage: both covariances isotropic, W a multiple of the identity.
+    w = coral_matrix(source, reference, shrinkage=1.0)
+    assert torch.allclose(w, w[0, 0] * torch.eye(6, dtype=torch.float64), atol=1e-9) and w[0, 0] > 0
+
+
+def test_coral_undoes_a_source_distortion_the_mean_cannot():
+    """One source stretches the embedding space along one direction (and shifts it): removing its
+    mean is not enough; aligning its covariance to the training sources' brings the accuracy back."""
+    g = torch.Generator().manual_seed(0)
+    protos = F.normalize(torch.randn(10, 16, generator=g), dim=-1)
+
+    def samples(n: int) -> tuple:
+        y = torch.arange(n) % 10
+        return protos[y] + 0.3 * torch.randn(n, 16, generator=g), y
+
+    (train, _), (enrol, _), (test, y) = samples(1000), samples(300), samples(500)
+    u = F.normalize(torch.randn(16, generator=g), dim=0)
+    stretch, shift = torch.eye(16) + 6 * torch.outer(u, u), 0.8 * protos[3]  # (D, D), (D,)
+    enrol, distorted = enrol @ stretch + shift, test @ stretch + shift
+
+    def acc(z: torch.Tensor) -> float:
+        return float(((F.normalize(z, dim=-1) @ protos.T).argmax(1) == y).float().mean())
+
+    clean = acc(test)
+    mean = acc(from_embeddings("audio", enrol, "f", reference=train)(distorted))
+    coral = acc(from_embeddings("audio", enrol, "f", reference=train, align="coral")(distorted))
+    assert acc(distorted) < clean - 0.15 and mean < clean - 0.1 and coral > clean - 0.04 and coral > mean + 0.1
+
+
 def test_enroll_embeds_and_corrects(audio_model, tmp_path: Path):
     source, new = _clips(6), _clips(3, seed=1)
     speaker = binder.enroll(audio_model, audio=source)
@@ -64,13 +102,16 @@ def test_enroll_embeds_and_corrects(audio_model, tmp_path: Path):
                            - audio_model.embed(audio=source, progress=False)["audio"].mean(0), dim=-1)
     assert torch.allclose(z, expected, atol=1e-5)
     with_ref = binder.enroll(audio_model, audio=source, reference=_clips(4, seed=2))
-    assert with_ref.reference_n == 4 and not torch.allclose(with_ref.offset, speaker.offset)
+    assert with_ref.reference_n == 4 and with_ref.reference_mean is not None and with_ref.matrix is None
+    coral = binder.enroll(audio_model, audio=source, reference=_clips(4, seed=2), align="coral")
+    assert coral.align == "coral" and coral.matrix.shape == (coral.dim, coral.dim)
 
-    path = speaker.save(tmp_path / "speaker.safetensors")
-    back = Enrollment.load(path, model=audio_model)
-    assert back.modality == "audio" and back.n == 6 and back.fingerprint == speaker.fingerprint
-    assert torch.equal(back.offset, speaker.offset)
-    assert [p.name for p in tmp_path.iterdir()] == ["speaker.safetensors"]  # nothing else left behind
+    for name, e in (("speaker", speaker), ("coral", coral)):
+        back = Enrollment.load(e.save(tmp_path / f"{name}.safetensors"), model=audio_model)
+        assert (back.modality, back.n, back.fingerprint, back.align) == ("audio", 6, e.fingerprint, e.align)
+        assert back.reference_n == e.reference_n and torch.equal(back.source_mean, e.source_mean)
+        assert torch.equal(back(torch.ones(2, e.dim)), e(torch.ones(2, e.dim)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coral.safetensors", "speaker.safetensors"]
 
 
 @pytest.mark.parametrize("call, match", [
@@ -82,6 +123,11 @@ def test_enroll_embeds_and_corrects(audio_model, tmp_path: Path):
     (lambda m: binder.enroll(m, audio=_clips(3), reference=_clips(1)), "reference must be a list of at least 2"),
     (lambda m: from_embeddings("audio", torch.full((4, 8), float("nan")), "f"), "NaN"),
     (lambda m: from_embeddings("audio", torch.ones(4, 8), "f", reference=torch.ones(3, 6)), "width 6"),
+    (lambda m: from_embeddings("audio", torch.ones(4, 8), "f", align="coral"), "needs reference samples"),
+    (lambda m: binder.enroll(m, audio=_clips(3), align="coral"), "needs reference samples"),
+    (lambda m: binder.enroll(m, audio=_clips(3), align="whiten"), r"align must be one of \['mean', 'coral'\]"),
+    (lambda m: binder.enroll(m, audio=_clips(3), reference=_clips(3), align="coral", shrinkage=0), r"\(0, 1\]"),
+    (lambda m: from_embeddings("audio", torch.ones(4, 8), "f", shrinkage=float("nan")), r"\(0, 1\]"),
     (lambda m: from_embeddings("audio", torch.ones(4, 8), "f")(torch.ones(2, 6)), r"expected \(N, 8\)"),
     (lambda m: from_embeddings("audio", torch.ones(4, 8), "f")(torch.full((2, 8), float("inf"))), "infinite"),
 ])
@@ -98,7 +144,7 @@ def test_bad_files_and_other_models_are_refused(audio_model, random_anchor, tmp_
     with pytest.raises(ModelLoadError, match="not a readable enrollment file"):
         Enrollment.load(tmp_path / "cut.safetensors")
     edited = bytearray(data)
-    edited[-5] ^= 0xFF  # one byte of the offset
+    edited[-5] ^= 0xFF  # one byte of the source's mean
     (tmp_path / "edited.safetensors").write_bytes(bytes(edited))
     with pytest.raises(ModelLoadError, match="edited after saving"):
         Enrollment.load(tmp_path / "edited.safetensors")
@@ -113,7 +159,21 @@ def test_bad_files_and_other_models_are_refused(audio_model, random_anchor, tmp_
     assert Enrollment.load(path, model=audio_model).n == 5
 
 
-def test_recipe_scores_each_half_enrolled_on_the_other(audio_model, small_data_root: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def two_speakers(data_root: Path, tmp_path_factory) -> Path:
+    """An FSDD folder of symlinks: takes 0, 5 and 6 of every digit by jackson and by lucas."""
+    rec = tmp_path_factory.mktemp("two_speakers") / "fsdd" / "recordings"
+    rec.mkdir(parents=True)
+    for speaker in ("jackson", "lucas"):
+        for digit in range(10):
+            for take in (0, 5, 6):
+                name = f"{digit}_{speaker}_{take}.wav"
+                (rec / name).symlink_to(data_root / "fsdd" / "recordings" / name)
+    return rec.parent
+
+
+@pytest.mark.parametrize("align", ["coral", "mean"])
+def test_recipe_scores_each_half_enrolled_on_the_other(audio_model, two_speakers: Path, tmp_path: Path, align):
     from binder.datasets.digits import CLASSNAMES, TEMPLATES
     from binder.datasets.fsdd import list_recordings
 
@@ -121,21 +181,32 @@ def test_recipe_scores_each_half_enrolled_on_the_other(audio_model, small_data_r
     from binder.recipes.speakers import enrolled_top1
 
     model_dir = binder.save(audio_model, tmp_path / "model")
-    recs = list_recordings(small_data_root / "fsdd")  # takes 0, 5 and 6 of one speaker
+    recs = list_recordings(two_speakers)
     z = audio_model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"]
     classes = anchor_class_embeddings(audio_model.anchor, CLASSNAMES, TEMPLATES)
+    lucas = torch.tensor([r.speaker == "lucas" for r in recs])
     first = torch.tensor([r.take == 0 for r in recs])
 
-    def right(i: int, enrolled: torch.Tensor) -> int:
-        return int((F.normalize(z[i] - z[enrolled].mean(0), dim=-1) @ classes.T).argmax() == recs[i].digit)
+    def right(scored: torch.Tensor, enrolled: torch.Tensor, reference: torch.Tensor) -> int:
+        fix = from_embeddings("audio", z[enrolled], "f", z[reference], align=align)
+        return int(((fix(z[scored]) @ classes.T).argmax(1) == torch.tensor([r.digit for r in recs])[scored]).sum())
 
-    # A held-out speaker: halves {0} and {5, 6}, each enrolled on the other.
-    expected = sum(right(i, ~first if first[i] else first) for i in range(len(recs))) / len(recs)
-    assert enrolled_top1(model_dir, small_data_root / "fsdd", SMALL_SPEAKER) == pytest.approx(100 * expected, abs=0.01)
-    # The takes split: take 0 scored, enrolled on the speaker's training takes (5, 6).
-    expected = sum(right(i, ~first) for i in range(len(recs)) if first[i]) / int(first.sum())
-    takes = enrolled_top1(model_dir, small_data_root / "fsdd", None, test_takes=5)
-    assert takes == pytest.approx(100 * expected, abs=0.01)
+    # lucas held out: halves {0} and {5, 6}, each enrolled on the other; jackson is the reference.
+    expected = right(lucas & first, lucas & ~first, ~lucas) + right(lucas & ~first, lucas & first, ~lucas)
+    got = enrolled_top1(model_dir, two_speakers, "lucas", align=align)
+    assert got == pytest.approx(100 * expected / 30, abs=0.01)
+    # The takes split: each speaker's take 0 scored, enrolled on their takes 5 and 6; reference: all takes 5-6.
+    expected = right(lucas & first, lucas & ~first, ~first) + right(~lucas & first, ~lucas & ~first, ~first)
+    got = enrolled_top1(model_dir, two_speakers, None, test_takes=5, align=align)
+    assert got == pytest.approx(100 * expected / 20, abs=0.01)
+
+
+def test_recipe_refuses_an_unknown_enrollment(compose, data_root, tmp_path):
+    from binder import BinderConfigError
+    from binder.training import train
+
+    with pytest.raises(BinderConfigError, match="speakers.enroll must be one of"):
+        train(compose(["experiment=leave_one_speaker_out", f"run_dir={tmp_path}", "speakers.enroll=whiten"]))
 
 
 def test_table_has_the_enrolled_column():
@@ -166,9 +237,17 @@ def test_compose_and_search_take_enrollments(audio_model, random_anchor, small_d
     assert main(["enroll", "--model", str(model_dir), "--modality", "audio", *clips[:10], "-o", str(out)]) == 0
     assert "enrolled audio from 10 file(s)" in capsys.readouterr().out
     speaker = Enrollment.load(out, model=audio_model)
-    assert torch.allclose(speaker.offset, binder.enroll(audio_model, audio=clips[:10]).offset, atol=1e-6)
+    assert torch.allclose(speaker.source_mean, binder.enroll(audio_model, audio=clips[:10]).source_mean, atol=1e-6)
     assert main(["enroll", "--model", str(model_dir), "--modality", "audio", *clips[:10], "-o", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
+    coral = tmp_path / "coral.safetensors"
+    assert main(["enroll", "--model", str(model_dir), "--modality", "audio", *clips[:10], "--reference", *clips[10:],
+                 "--align", "coral", "-o", str(coral)]) == 0
+    assert "(coral, reference 20)" in capsys.readouterr().out
+    assert Enrollment.load(coral, model=audio_model).matrix is not None
+    assert main(["enroll", "--model", str(model_dir), "--modality", "audio", *clips[:10], "--align", "coral",
+                 "-o", str(tmp_path / "no.safetensors")]) == 2
+    assert "needs reference samples" in capsys.readouterr().err and not (tmp_path / "no.safetensors").exists()
 
     query = audio_model.compose({"audio": clips[12]}, enrollments=[speaker])
     assert torch.allclose(query, speaker(audio_model.embed(audio=[clips[12]], progress=False)["audio"]), atol=1e-6)

@@ -8,11 +8,11 @@ run holds out takes 0-4 of every speaker (the quick start's split), for comparis
 ordinary runs in ``<run>/<speaker>`` and ``<run>/takes``; a finished fold is reused when the
 command runs again in the same folder (``hydra.run.dir=<run>``). ``speakers.md`` and
 ``speakers.json`` in the run folder get the table (rewritten after every fold). With
-``speakers.enroll`` (the default) the table has one more column: the held-out speaker scored after
-enrollment (:mod:`binder.enrollment`: their mean embedding, taken over the other half of their
-takes without labels, is removed), the figure for a user who has some unlabelled audio of the
-speaker (on the takes split, each speaker is enrolled on their training takes); the goals are
-judged on the plain figure.
+``speakers.enroll`` (``coral``, the default, or ``mean``; null: none) the table has one more
+column: the held-out speaker scored after enrollment (:mod:`binder.enrollment`: their embeddings
+aligned to the training speakers' from the other half of their takes, whose labels are not used),
+the figure for a user who has some unlabelled audio of the speaker (on the takes split, each
+speaker is enrolled on their training takes); the goals are judged on the plain figure.
 
     binder train experiment=leave_one_speaker_out
     binder train experiment=leave_one_speaker_out modality.audio.augment.variants=0   # another recipe
@@ -45,7 +45,7 @@ class SpeakersConfig:
 
     speakers: Optional[List[str]] = None  # speakers to hold out in turn; None: every FSDD speaker
     takes: bool = True  # also run the held-out-takes split (takes 0-4 of every speaker)
-    enroll: bool = True  # also score each held-out speaker after enrollment (binder.enroll, unlabelled takes)
+    enroll: Optional[str] = "coral"  # also score each held-out speaker after binder.enroll (align: coral | mean)
 
 
 SCHEMAS.register("recipe/speakers", SpeakersConfig)
@@ -84,11 +84,13 @@ def fold_config(cfg: DictConfig, fold: str, run_dir: Path) -> DictConfig:
     return OmegaConf.create(sub)
 
 
-def enrolled_top1(model_dir: Path, fsdd: Path, speaker: Optional[str], test_takes: int = 5) -> float:
+def enrolled_top1(model_dir: Path, fsdd: Path, speaker: Optional[str], test_takes: int = 5,
+                  align: str = "coral") -> float:
     """Emergent audio->text top-1 after enrollment (:func:`binder.enroll`), whose clips' labels
-    are never used. A held-out ``speaker``: each half of their takes is scored with the speaker
-    enrolled on the other half. None (the takes split): each speaker's takes ``0..test_takes-1``
-    are scored with the speaker enrolled on their other (training) takes."""
+    are never used; the reference is the model's training recordings. A held-out ``speaker``: each
+    half of their takes is scored with the speaker enrolled on the other half (reference: the other
+    speakers' recordings). None (the takes split): each speaker's takes ``0..test_takes-1`` are
+    scored with the speaker enrolled on their other takes (reference: every speaker's other takes)."""
     import torch
 
     from binder.datasets.digits import CLASSNAMES, TEMPLATES
@@ -97,21 +99,23 @@ def enrolled_top1(model_dir: Path, fsdd: Path, speaker: Optional[str], test_take
     from binder.evaluation.prompts import anchor_class_embeddings
     from binder.io import load
 
-    recs = [r for r in list_recordings(fsdd) if speaker in (None, r.speaker)]
+    recs = list_recordings(fsdd)
     model = load(model_dir)
     z = model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"]  # (N, D)
     classes = anchor_class_embeddings(model.anchor, CLASSNAMES, TEMPLATES)  # (C, D)
     takes, labels = torch.tensor([r.take for r in recs]), torch.tensor([r.digit for r in recs])
+    who = {s: torch.tensor([r.speaker == s for r in recs]) for s in sorted({r.speaker for r in recs})}
     if speaker is None:
-        who = [torch.tensor([r.speaker == s for r in recs]) for s in sorted({r.speaker for r in recs})]
-        splits = [(w & (takes < test_takes), w & (takes >= test_takes)) for w in who]
+        trained = takes >= test_takes
+        splits = [(w & ~trained, w & trained, trained) for w in who.values()]
     else:
-        first = takes < takes.unique()[len(takes.unique()) // 2]  # takes 0-24 of FSDD's 0-49
-        splits = [(first, ~first), (~first, first)]
+        first = takes < takes[who[speaker]].unique()[len(takes[who[speaker]].unique()) // 2]  # takes 0-24 of 0-49
+        mine = who[speaker]
+        splits = [(mine & first, mine & ~first, ~mine), (mine & ~first, mine & first, ~mine)]
     right = n = 0
-    for scored, enrolled in splits:
-        shift = from_embeddings("audio", z[enrolled], model.fingerprint("audio"))
-        right += int(((shift(z[scored]) @ classes.T).argmax(1) == labels[scored]).sum())
+    for scored, enrolled, reference in splits:
+        fix = from_embeddings("audio", z[enrolled], model.fingerprint("audio"), z[reference], align=align)
+        right += int(((fix(z[scored]) @ classes.T).argmax(1) == labels[scored]).sum())
         n += int(scored.sum())
     return round(100.0 * right / n, 2)
 
@@ -191,7 +195,11 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         raise BinderConfigError("leave_one_speaker_out measures the audio modality: use modality=audio")
     if not str(cfg.data.get("_target_", "")).endswith("DigitsDataModule"):
         raise BinderConfigError("leave_one_speaker_out needs the digits world's FSDD speakers (data=digits)")
+    from binder.enrollment import ALIGNS
+
     options = build_dataclass(SpeakersConfig, cfg.get("speakers") or {}, "speakers")
+    if options.enroll not in (None, *ALIGNS):
+        raise BinderConfigError(f"speakers.enroll must be one of {list(ALIGNS)} or null, got {options.enroll!r}")
     folds = _speakers(cfg, options.speakers) + ([TAKES] if options.takes else [])
     run_dir = Path(cfg.run_dir).resolve()
     results: Dict[str, Dict[str, Any]] = {}
@@ -210,7 +218,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         if options.enroll:
             held_out = None if fold == TAKES else fold
             row["enrolled"] = enrolled_top1(Path(metrics["model_dir"]), _fsdd_root(cfg), held_out,
-                                            int(cfg.data.get("test_takes", 5)))
+                                            int(cfg.data.get("test_takes", 5)), options.enroll)
         results[fold] = row
         summary = table(results)
         atomic_write(run_dir / "speakers.md", format_table(summary))
