@@ -214,11 +214,12 @@ def test_table_has_the_enrolled_column():
 
     rows = {s: {"top1": t, "top5": 99.0, "n": 500, "seconds": 100.0, "enrolled": e} for s, t, e in
             [("george", 90.0, 91.0), ("lucas", 74.0, 80.0), ("nicolas", 95.0, 94.0)]}
-    summary = table({**rows, TAKES: {"top1": 99.2, "top5": 100.0, "n": 250}})
-    assert summary["enrolled"] == {"mean": pytest.approx(88.33, abs=0.01), "worst": "lucas", "worst_top1": 80.0}
+    summary = table({**rows, TAKES: {"top1": 99.2, "top5": 100.0, "n": 250}}, "coral")
+    assert summary["enrolled"] == {"align": "coral", "mean": pytest.approx(88.33, abs=0.01), "worst": "lucas",
+                                   "worst_top1": 80.0}
     assert summary["met"] is False  # the goals judge the plain figure (lucas 74.0)
     lines = format_table(summary).splitlines()
-    assert lines[0].endswith("| enrolled top-1 |") and lines[1].count("---:") == 5
+    assert lines[0].endswith("| enrolled (coral) top-1 |") and lines[1].count("---:") == 5
     assert "| speaker lucas | 74.0 | 99.0 | 500 | 100 | 80.0 |" in lines
     assert any(line.startswith("| takes 0-4") and line.endswith("| 250 | 0 | |") for line in lines)
     assert "| **mean over speakers** | **86.3** | | | | **88.3** |" in lines

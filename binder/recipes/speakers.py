@@ -134,7 +134,7 @@ def _zero_shot_row(metrics: Dict[str, Any]) -> Dict[str, Any]:
     return next(iter(metrics["zero_shot"].values()))
 
 
-def table(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def table(results: Dict[str, Dict[str, Any]], enroll: Optional[str] = None) -> Dict[str, Any]:
     """``{fold: fold summary}`` -> the study's summary (per speaker, mean, worst, takes; with the
     mean of every training stage when the folds ran ``stages``)."""
     speakers = {k: v for k, v in results.items() if k != TAKES}
@@ -152,8 +152,8 @@ def table(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
         if all("enrolled" in v for v in speakers.values()):
             enrolled = {k: v["enrolled"] for k, v in speakers.items()}
             worst = min(enrolled, key=enrolled.get)
-            out["enrolled"] = {"mean": round(sum(enrolled.values()) / len(enrolled), 2), "worst": worst,
-                               "worst_top1": enrolled[worst]}
+            out["enrolled"] = {"align": enroll, "mean": round(sum(enrolled.values()) / len(enrolled), 2),
+                               "worst": worst, "worst_top1": enrolled[worst]}
     return out
 
 
@@ -168,7 +168,8 @@ def format_table(summary: Dict[str, Any]) -> str:
     enrollment, when it was measured), then the mean and the worst speaker."""
     stages = _stage_names(summary["folds"])
     enrolled = summary.get("enrolled")
-    extra = "".join(f" {n} top-1 |" for n in stages) + (" enrolled top-1 |" if enrolled else "")
+    name = f"enrolled ({enrolled['align']})" if enrolled and enrolled.get("align") else "enrolled"
+    extra = "".join(f" {n} top-1 |" for n in stages) + (f" {name} top-1 |" if enrolled else "")
     lines = [f"| held out | emergent audio->text top-1 | top-5 | n | training time (s) |{extra}",
              "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * (len(stages) + bool(enrolled))]
     for fold, row in summary["folds"].items():
@@ -220,7 +221,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
             row["enrolled"] = enrolled_top1(Path(metrics["model_dir"]), _fsdd_root(cfg), held_out,
                                             int(cfg.data.get("test_takes", 5)), options.enroll)
         results[fold] = row
-        summary = table(results)
+        summary = table(results, options.enroll)
         atomic_write(run_dir / "speakers.md", format_table(summary))
         write_metrics(run_dir / "speakers.json", summary)
     log.info("leave-one-speaker-out (emergent audio->text top-1, %%):\n%s", format_table(summary))
