@@ -15,7 +15,8 @@ did not. Two corrections, each an affine map ``normalise((z - source mean) @ W +
   Frustratingly Easy Domain Adaptation", AAAI 2016): ``W = C_source^-1/2 C_reference^1/2``,
   whitening the source's covariance and colouring it with the reference's (both shrunk towards
   a multiple of the identity, ``shrinkage``, as a few hundred samples estimate a covariance
-  poorly). Needs ``reference``: samples of the sources the model was trained on.
+  poorly). Needs ``reference``: samples of the sources the model was trained on, and about 50
+  samples of the source or more (with fewer, ``mean`` does better: benchmarks/enrollment.py).
 
 ::
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT = "binder-enrollment"
 VERSION = 1
 MIN_SAMPLES = 2  # the mean of one sample is that sample: enrolling it would map it to nothing
+CORAL_ADVISED = 50  # below this many samples CORAL lost to align="mean" on FSDD (benchmarks/enrollment.py)
 ALIGNS = ("mean", "coral")
 
 
@@ -216,6 +218,10 @@ def from_embeddings(modality: str, source: torch.Tensor, fingerprint: str, refer
     if ref is not None and ref.shape[1] != src.shape[1]:
         raise BinderInputError(f"enrollment of {modality}: reference embeddings of width {ref.shape[1]}, "
                                f"source embeddings of width {src.shape[1]}")
+    if align == "coral" and len(src) < CORAL_ADVISED:
+        log.warning("enrollment of %s: align='coral' from %d samples; a covariance from fewer than %d estimates "
+                    "the source poorly (align='mean' did better with so few on FSDD's speakers)", modality, len(src),
+                    CORAL_ADVISED)
     matrix = coral_matrix(src, ref, float(shrinkage)).float() if align == "coral" else None
     return Enrollment(modality, src.mean(0).float(), fingerprint, len(src),
                       None if ref is None else ref.mean(0).float(), matrix, 0 if ref is None else len(ref), align)

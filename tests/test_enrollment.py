@@ -268,3 +268,13 @@ def test_compose_and_search_take_enrollments(audio_model, random_anchor, small_d
     assert main(["search", str(tmp_path / "clips.idx"), "--model", str(other), "--audio", clips[12],
                  "--enrollment", str(out)]) == 2
     assert "made with another model" in capsys.readouterr().err
+
+
+def test_coral_from_few_samples_warns(caplog):
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(100, 8, generator=g)
+    with caplog.at_level("WARNING", logger="binder.enrollment"):
+        from_embeddings("audio", torch.randn(60, 8, generator=g), "f", reference, align="coral")
+        assert not caplog.records
+        from_embeddings("audio", torch.randn(12, 8, generator=g), "f", reference, align="coral")
+    assert "from 12 samples" in caplog.text and "align='mean' did better" in caplog.text
