@@ -5,7 +5,7 @@ notebook uses binder. Each forwards to the model's own method (:meth:`BindModel.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -66,8 +66,9 @@ def embed(*, batch_size: int = 32, device: "str | torch.device | None" = None, s
 
 
 def compose(inputs: Mapping[str, Any], weights: Weights = None, *, model: Any = None, batch_size: int = 32,
-            sample_rate: Optional[float] = None) -> torch.Tensor:
+            sample_rate: Optional[float] = None, enrollments: Sequence[Any] = ()) -> torch.Tensor:
     """``binder.compose({"image": img, "audio": wav}, weights=[0.5, 0.5])``: one query per row
     from raw inputs of several modalities, with the default model of :func:`use` (or ``model``).
-    See :meth:`binder.BindModel.compose` and :mod:`binder.arithmetic`."""
-    return (model or default_model()).compose(inputs, weights, batch_size=batch_size, sample_rate=sample_rate)
+    See :meth:`binder.BindModel.compose` (``enrollments`` included) and :mod:`binder.arithmetic`."""
+    return (model or default_model()).compose(inputs, weights, batch_size=batch_size, sample_rate=sample_rate,
+                                              enrollments=enrollments)

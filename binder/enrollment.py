@@ -30,6 +30,7 @@ digits): the mean of one digit's clips would also remove that digit.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,8 @@ class Enrollment:
 
         tensors = self.tensors()
         meta = {"format": FORMAT, "version": str(VERSION), "modality": self.modality, "fingerprint": self.fingerprint,
-                "n": str(self.n), "reference_n": str(self.reference_n), "align": self.align,
-                "sha256": _digest(tensors)}
+                "n": str(self.n), "reference_n": str(self.reference_n), "align": self.align}
+        meta["sha256"] = _digest(tensors, meta)
         path = Path(path).expanduser()
         atomic_write(path, save(tensors, metadata=meta))
         log.info("saved the %s enrollment (%s, %d samples) to %s", self.modality, self.align, self.n, path)
@@ -128,11 +129,12 @@ class Enrollment:
         """
         path = Path(path).expanduser()
         meta, tensors = _read(path)
-        if meta.get("format") != FORMAT or meta.get("version") != str(VERSION) or meta.get("align") not in ALIGNS:
+        if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
             raise ModelLoadError(f"{str(path)!r} is not a binder enrollment (format {FORMAT!r}, version {VERSION})")
-        if "source_mean" not in tensors or meta.get("sha256") != _digest(tensors):
-            raise ModelLoadError(f"{str(path)!r}: the tensors do not match their recorded SHA-256: the file was edited "
-                                 "after saving")
+        if meta.get("sha256") != _digest(tensors, {k: v for k, v in meta.items() if k != "sha256"}):
+            raise ModelLoadError(f"{str(path)!r}: its tensors and fields do not match their recorded SHA-256: the file "
+                                 "was edited after saving")
+        _check_fields(path, meta, tensors)
         out = cls(meta["modality"], tensors["source_mean"], meta["fingerprint"], int(meta["n"]),
                   tensors.get("reference_mean"), tensors.get("matrix"), int(meta["reference_n"]), meta["align"])
         if model is not None:
@@ -152,8 +154,21 @@ def _read(path: Path) -> "tuple[Dict[str, str], Dict[str, torch.Tensor]]":
         raise ModelLoadError(f"{str(path)!r} is not a readable enrollment file (safetensors): {err}") from None
 
 
-def _digest(tensors: Dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+def _check_fields(path: Path, meta: Dict[str, str], tensors: Dict[str, torch.Tensor]) -> None:
+    """One ModelLoadError for a file whose fields or tensor shapes do not make an enrollment."""
+    missing = [k for k in ("modality", "fingerprint", "n", "reference_n", "align") if k not in meta]
+    mean = tensors.get("source_mean")
+    d = int(mean.shape[0]) if mean is not None and mean.ndim == 1 else 0
+    shapes_ok = d > 0 and all(tensors[k].shape == s for k, s in (("reference_mean", (d,)), ("matrix", (d, d)))
+                              if k in tensors)
+    if missing or meta.get("align") not in ALIGNS or not shapes_ok or not all(
+            meta.get(k, "").isdigit() for k in ("n", "reference_n")):
+        raise ModelLoadError(f"{str(path)!r} is not a well-formed enrollment (fields {sorted(meta)}, tensors "
+                             f"{ {k: tuple(v.shape) for k, v in tensors.items()} })")
+
+
+def _digest(tensors: Dict[str, torch.Tensor], fields: Dict[str, str]) -> str:
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for name in sorted(tensors):
         h.update(name.encode())
         h.update(str(tuple(tensors[name].shape)).encode())

@@ -166,6 +166,8 @@ class BindModel(EmbedMixin, HubMixin, nn.Module):
         for m in names:
             if m not in self.modalities:
                 raise self._missing(m)
+        if len({e.modality for e in enrollments}) < len(enrollments):
+            raise BinderInputError(f"one enrollment per modality, got {[e.modality for e in enrollments]}")
         for e in enrollments:
             check_model(e, self)
             if e.modality not in names:

@@ -150,6 +150,14 @@ def test_bad_files_and_other_models_are_refused(audio_model, random_anchor, tmp_
         Enrollment.load(tmp_path / "edited.safetensors")
     with pytest.raises(ModelLoadError, match="does not exist"):
         Enrollment.load(tmp_path / "missing.safetensors")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "other.safetensors"), metadata={**meta, "fingerprint": "0" * 64})
+    with pytest.raises(ModelLoadError, match="edited after saving"):  # a field changed, the digest kept
+        Enrollment.load(tmp_path / "other.safetensors")
     torch.manual_seed(5)
     other = binder.BindModel(random_anchor, {"audio": {}}).eval()
     with pytest.raises(ModelLoadError, match="another model"):
@@ -263,6 +271,9 @@ def test_compose_and_search_take_enrollments(audio_model, random_anchor, small_d
 
     with pytest.raises(BinderInputError, match="the query has no audio"):
         audio_model.compose({"text": "seven"}, enrollments=[speaker])
+    with pytest.raises(BinderInputError, match="one enrollment per modality"):
+        audio_model.compose({"audio": clips[12]}, enrollments=[speaker, speaker])
+    assert torch.allclose(binder.compose({"audio": clips[12]}, model=audio_model, enrollments=[speaker]), query)
     torch.manual_seed(5)
     other = binder.save(binder.BindModel(random_anchor, {"audio": {}}).eval(), tmp_path / "other")
     assert main(["search", str(tmp_path / "clips.idx"), "--model", str(other), "--audio", clips[12],
