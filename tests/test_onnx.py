@@ -55,6 +55,9 @@ def test_export_embeds_like_pytorch(model, exported, inputs):
     query = {"audio": inputs["audio"][0], "text": "three"}
     assert F.cosine_similarity(onnx.compose(query), model.compose(query)).item() >= 0.9999
     assert onnx.fingerprint("audio") == model.fingerprint("audio") and onnx.query_spreads == model.query_spreads
+    speaker = binder.enroll(model, audio=inputs["audio"])  # made with PyTorch, used by the ONNX runtime too
+    assert F.cosine_similarity(onnx.compose(query, enrollments=[speaker]),
+                               model.compose(query, enrollments=[speaker])).item() >= 0.9999
 
 
 def test_an_index_built_with_pytorch_serves_the_onnx_model(model, exported, inputs, tmp_path):
