@@ -28,20 +28,14 @@ DRAWS = 20
 
 
 def fold_embeddings(model_dir: Path, fsdd: Path, speaker: str) -> Dict[str, Any]:
-    """The held-out speaker's embeddings, digits and takes, and the class prompts' embeddings."""
-    from binder.datasets.digits import CLASSNAMES, TEMPLATES
-    from binder.datasets.fsdd import list_recordings
+    """The held-out speaker's embeddings, digits and takes, the reference (the other speakers'
+    embeddings) and the class prompts' embeddings."""
+    from binder.recipes.speakers import fsdd_embeddings
 
-    from binder.evaluation.prompts import anchor_class_embeddings
-    from binder.io import load
-
-    recs = list_recordings(fsdd)
-    model = load(model_dir)
-    z = model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"]  # (N, D)
-    mine = torch.tensor([r.speaker == speaker for r in recs])
-    return {"z": z[mine], "reference": z[~mine], "digit": torch.tensor([r.digit for r in recs])[mine],
-            "take": torch.tensor([r.take for r in recs])[mine],
-            "classes": anchor_class_embeddings(model.anchor, CLASSNAMES, TEMPLATES)}
+    e = fsdd_embeddings(model_dir, fsdd)
+    mine = torch.tensor([name == speaker for name in e["speaker"]])
+    return {"z": e["z"][mine], "reference": e["z"][~mine], "digit": e["digit"][mine], "take": e["take"][mine],
+            "classes": e["classes"]}
 
 
 def top1(e: Dict[str, Any], enrol: "torch.Tensor | None", align: str = "mean") -> float:

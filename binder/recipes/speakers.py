@@ -84,6 +84,25 @@ def fold_config(cfg: DictConfig, fold: str, run_dir: Path) -> DictConfig:
     return OmegaConf.create(sub)
 
 
+def fsdd_embeddings(model_dir: Path, fsdd: Path) -> Dict[str, Any]:
+    """Every FSDD recording embedded by the model of ``model_dir``: ``z`` (N, D), ``digit``,
+    ``take`` (N,), ``speaker`` (N names), the class prompts' ``classes`` (C, D) and the model's
+    audio ``fingerprint``."""
+    import torch
+
+    from binder.datasets.digits import CLASSNAMES, TEMPLATES
+    from binder.datasets.fsdd import list_recordings
+    from binder.evaluation.prompts import anchor_class_embeddings
+    from binder.io import load
+
+    recs = list_recordings(fsdd)
+    model = load(model_dir)
+    return {"z": model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"],  # (N, D)
+            "digit": torch.tensor([r.digit for r in recs]), "take": torch.tensor([r.take for r in recs]),
+            "speaker": [r.speaker for r in recs], "fingerprint": model.fingerprint("audio"),
+            "classes": anchor_class_embeddings(model.anchor, CLASSNAMES, TEMPLATES)}  # (C, D)
+
+
 def enrolled_top1(model_dir: Path, fsdd: Path, speaker: Optional[str], test_takes: int = 5,
                   align: str = "coral") -> float:
     """Emergent audio->text top-1 after enrollment (:func:`binder.enroll`), whose clips' labels
@@ -93,29 +112,23 @@ def enrolled_top1(model_dir: Path, fsdd: Path, speaker: Optional[str], test_take
     scored with the speaker enrolled on their other takes (reference: every speaker's other takes)."""
     import torch
 
-    from binder.datasets.digits import CLASSNAMES, TEMPLATES
-    from binder.datasets.fsdd import list_recordings
     from binder.enrollment import from_embeddings
-    from binder.evaluation.prompts import anchor_class_embeddings
-    from binder.io import load
 
-    recs = list_recordings(fsdd)
-    model = load(model_dir)
-    z = model.embed(audio=[str(r.path) for r in recs], progress=False)["audio"]  # (N, D)
-    classes = anchor_class_embeddings(model.anchor, CLASSNAMES, TEMPLATES)  # (C, D)
-    takes, labels = torch.tensor([r.take for r in recs]), torch.tensor([r.digit for r in recs])
-    who = {s: torch.tensor([r.speaker == s for r in recs]) for s in sorted({r.speaker for r in recs})}
+    e = fsdd_embeddings(model_dir, fsdd)
+    z, takes, labels = e["z"], e["take"], e["digit"]
+    who = {s: torch.tensor([name == s for name in e["speaker"]]) for s in sorted(set(e["speaker"]))}
     if speaker is None:
         trained = takes >= test_takes
         splits = [(w & ~trained, w & trained, trained) for w in who.values()]
     else:
-        first = takes < takes[who[speaker]].unique()[len(takes[who[speaker]].unique()) // 2]  # takes 0-24 of 0-49
         mine = who[speaker]
+        own = takes[mine].unique()
+        first = takes < own[len(own) // 2]  # takes 0-24 of FSDD's 0-49
         splits = [(mine & first, mine & ~first, ~mine), (mine & ~first, mine & first, ~mine)]
     right = n = 0
     for scored, enrolled, reference in splits:
-        fix = from_embeddings("audio", z[enrolled], model.fingerprint("audio"), z[reference], align=align)
-        right += int(((fix(z[scored]) @ classes.T).argmax(1) == labels[scored]).sum())
+        fix = from_embeddings("audio", z[enrolled], e["fingerprint"], z[reference], align=align)
+        right += int(((fix(z[scored]) @ e["classes"].T).argmax(1) == labels[scored]).sum())
         n += int(scored.sum())
     return round(100.0 * right / n, 2)
 
